@@ -1,0 +1,50 @@
+"""Installation of the sta suite (distribution ``sta-tomo``, import package ``sta``)."""
+
+import os
+import re
+
+from setuptools import find_packages, setup
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+with open(os.path.join(HERE, "src", "sta", "__init__.py")) as fh:
+    VERSION = re.search(r'__version__ = "([^"]+)"', fh.read()).group(1)
+
+# One console script per sta tool: name -> module in sta.commands (each has main(argv)).
+TOOLS = {
+    "sta_simulate": "simulate",
+}
+
+setup(
+    name="sta-tomo",
+    version=VERSION,
+    description="Subtomogram averaging for cryo-ET: drop-in replacements for RELION 5 tomography programs",
+    long_description=open(os.path.join(HERE, "README.md")).read(),
+    long_description_content_type="text/markdown",
+    license="BSD-3-Clause",
+    python_requires=">=3.10",
+    package_dir={"": "src"},
+    packages=find_packages("src"),
+    install_requires=[
+        "numpy>=1.24",
+        "scipy>=1.10",
+        "mrcfile>=1.4",
+        "pyfftw>=0.13",
+        "h5py>=3.8",
+        "gemmi>=0.6",
+        "pandas>=1.5",
+    ],
+    extras_require={
+        "mpi": ["mpi4py>=3.1", "mpich"],
+        "gpu": ["cupy-cuda12x"],
+        "test": ["pytest>=7", "starfile>=0.5", "healpy>=1.16"],
+        "plot": ["matplotlib>=3.6"],
+    },
+    entry_points={
+        "console_scripts": [f"{name} = sta.commands.{mod}:main" for name, mod in TOOLS.items()],
+    },
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Topic :: Scientific/Engineering :: Bio-Informatics",
+    ],
+)

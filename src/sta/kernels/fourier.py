@@ -1,0 +1,80 @@
+"""Fourier-space grids and RELION's "centred" transforms, written against ``xp``.
+
+Layout: FFTW/NumPy half grids.  A 2D box of size ``s`` has rfft shape ``(s, s//2 + 1)``
+with ``ky`` wrapped (``y' = y`` for ``y < s/2`` else ``y - s``) and ``kx = 0 .. s//2``.
+The real-space origin of RELION images is the pixel ``s//2``; the centred transforms move
+it to index 0 before transforming and use a 1/sqrt(N) normalisation in both directions.
+"""
+
+import numpy as np
+
+from sta.backend import get_array_module, get_fft
+
+
+def freq_grid_2d(box, xp=np, half=True):
+    """Integer frequency coordinates ``(ky, kx)`` in pixels (cycles per box), broadcastable.
+
+    Returns
+    -------
+    ky : (box, 1), kx : (1, box//2 + 1) (``half``) or (1, box)
+    """
+    ky = xp.fft.fftfreq(box, 1.0 / box).reshape(-1, 1)
+    kx = (xp.fft.rfftfreq(box, 1.0 / box) if half else xp.fft.fftfreq(box, 1.0 / box)).reshape(1, -1)
+    return ky, kx
+
+
+def freq_grid_3d(box, xp=np, half=True):
+    """Integer frequency coordinates ``(kz, ky, kx)`` of a 3D (half) grid."""
+    kz = xp.fft.fftfreq(box, 1.0 / box).reshape(-1, 1, 1)
+    ky = xp.fft.fftfreq(box, 1.0 / box).reshape(1, -1, 1)
+    kx = (xp.fft.rfftfreq(box, 1.0 / box) if half else xp.fft.fftfreq(box, 1.0 / box)).reshape(1, 1, -1)
+    return kz, ky, kx
+
+
+def radius_grid_2d(box, xp=np, half=True):
+    """|k| in pixels on the 2D grid."""
+    ky, kx = freq_grid_2d(box, xp, half)
+    return xp.sqrt(ky * ky + kx * kx)
+
+
+def radius_grid_3d(box, xp=np, half=True):
+    """|k| in pixels on the 3D grid."""
+    kz, ky, kx = freq_grid_3d(box, xp, half)
+    return xp.sqrt(kz * kz + ky * ky + kx * kx)
+
+
+def centred_rfft(image, ndim=None):
+    """Forward rfft with the real-space origin at pixel ``N//2`` and 1/sqrt(N) scaling.
+
+    Transforms the last ``ndim`` axes (default: all); leading axes are a batch.
+    """
+    xp = get_array_module(image)
+    ndim = image.ndim if ndim is None else ndim
+    axes = tuple(range(image.ndim - ndim, image.ndim))
+    n = float(np.prod([image.shape[a] for a in axes]))
+    shifted = xp.fft.ifftshift(image, axes=axes)
+    return get_fft(xp).rfftn(shifted, axes=axes) / np.sqrt(n)
+
+
+def centred_irfft(spectrum, shape):
+    """Inverse of :func:`centred_rfft`; ``shape`` is the real-space shape of the last axes."""
+    xp = get_array_module(spectrum)
+    ndim = len(shape)
+    axes = tuple(range(spectrum.ndim - ndim, spectrum.ndim))
+    n = float(np.prod(shape))
+    out = get_fft(xp).irfftn(spectrum, s=tuple(shape), axes=axes) * np.sqrt(n)
+    return xp.fft.fftshift(out, axes=axes)
+
+
+def phase_shift_2d(box, shift_xy, xp=np):
+    """Half-grid phase ramp that moves image content by ``shift_xy`` pixels.
+
+    ``shift_xy`` has shape (..., 2) (x, y); returns (..., box, box//2+1) complex:
+    ``exp(-2πi (kx·sx + ky·sy)/box)`` (multiplying a spectrum by it translates the image
+    by +shift).
+    """
+    ky, kx = freq_grid_2d(box, xp)
+    s = xp.asarray(shift_xy, dtype=float)
+    sx = s[..., 0][..., None, None]
+    sy = s[..., 1][..., None, None]
+    return xp.exp(-2j * np.pi * (kx * sx + ky * sy) / box)
