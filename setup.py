@@ -13,6 +13,7 @@ with open(os.path.join(HERE, "src", "sta", "__init__.py")) as fh:
 # One console script per sta tool: name -> module in sta.commands (each has main(argv)).
 TOOLS = {
     "sta_simulate": "simulate",
+    "sta_demo": "demo",
 }
 
 setup(

@@ -16,7 +16,7 @@ import time
 import traceback
 
 from sta import __version__
-from sta.errors import AbortRequested, StaError
+from sta.errors import AbortRequested, StaError  # noqa: F401 (StaError re-exported)
 
 log = logging.getLogger("sta")
 

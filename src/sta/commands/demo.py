@@ -1,0 +1,114 @@
+"""Run the embedded demo: simulate a small project with known truth, then process it.
+
+Steps (each a real sta tool run as a separate process, MPI tools under ``mpirun``, from
+inside the project directory as RELION runs them):
+
+  1. sta_simulate              HIV-1 capsid hexamer (C6) or the built-in phantom
+  2. sta_reconstruct_particle  (mpirun) reconstruction from the true poses
+  3. sta_mask_create           soft mask from the merged map
+  4. sta_postprocess           gold-standard resolution
+
+Steps whose tool is not installed yet are reported and skipped.
+
+Example:
+  sta_demo --o demo --np 3
+"""
+
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+from sta.commands import _cli
+
+log = logging.getLogger("sta.demo")
+PROG = "sta_demo"
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_MODEL = os.path.normpath(os.path.join(HERE, "..", "..", "..", "..", "shared", "data", "models",
+                                              "job080.cif"))
+
+
+def add_args(parser):
+    parser.add_argument("--o", default="demo", help="project directory to create (replaced if it exists)")
+    parser.add_argument("--np", type=_cli.positive_int, default=3, help="MPI ranks for the parallel steps")
+    parser.add_argument("--j", type=_cli.positive_int, default=1, help="threads per rank")
+    parser.add_argument("--model", default=None,
+                        help="atomic model for the truth (default: the HIV-1 capsid hexamer of ../shared if "
+                             "present, else the built-in phantom)")
+    parser.add_argument("--particles", type=_cli.positive_int, default=24, help="particles per tomogram")
+    parser.add_argument("--seed", type=int, default=1, help="simulation seed")
+
+
+def _tool(name):
+    """Command prefix for an sta tool: the installed script, else ``python -m``."""
+    exe = shutil.which(name)
+    if exe:
+        return [exe]
+    module = name.replace("sta_", "sta.commands.", 1)
+    return [sys.executable, "-m", module]
+
+
+def _mpirun(np_):
+    exe = shutil.which("mpirun") or shutil.which("mpiexec")
+    return [exe, "-np", str(np_)] if exe and np_ > 1 else []
+
+
+def _have(module):
+    import importlib.util
+
+    return importlib.util.find_spec(f"sta.commands.{module}") is not None
+
+
+def _run(cmd, cwd):
+    log.info(" $ %s", " ".join(cmd))
+    t0 = time.time()
+    res = subprocess.run(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if res.returncode != 0:
+        sys.stdout.write(res.stdout)
+        raise _cli.StaError(f"demo step failed ({res.returncode}): {' '.join(cmd)}")
+    log.info("   ... %.1f s", time.time() - t0)
+    return res.stdout
+
+
+def _body(args):
+    out = os.path.abspath(args.o)
+    if os.path.isdir(out):
+        shutil.rmtree(out)
+    model = args.model or (DEFAULT_MODEL if os.path.exists(DEFAULT_MODEL) else "phantom")
+    sym = "C6" if model.endswith("job080.cif") else "C1"
+    _run(_tool("sta_simulate") + ["--o", out, "--model", model, "--truth_sym", sym, "--particles",
+                                  str(args.particles), "--seed", str(args.seed), "--perturb-angles", "10",
+                                  "--perturb-offsets", "5"], cwd=None)
+    steps = [("reconstruct_particle", "sta_reconstruct_particle"), ("mask_create", "sta_mask_create"),
+             ("postprocess", "sta_postprocess")]
+    missing = [tool for mod, tool in steps if not _have(mod)]
+    if missing:
+        log.info(" Not available yet in this version, skipped: %s", ", ".join(missing))
+        log.info(" Demo project written to %s", out)
+        return
+    mpi = _mpirun(args.np)
+    _run(mpi + _tool("sta_reconstruct_particle") + ["--i", "optimisation_set.star", "--b", "48", "--bin", "1",
+                                                    "--sym", sym, "--o", "Reconstruct/job001/", "--j",
+                                                    str(args.j)], cwd=out)
+    _run(_tool("sta_mask_create") + ["--i", "Reconstruct/job001/merged.mrc", "--o", "MaskCreate/job002/mask.mrc",
+                                     "--lowpass", "15", "--ini_threshold", "0.5", "--extend_inimask", "3",
+                                     "--width_soft_edge", "3"], cwd=out)
+    text = _run(_tool("sta_postprocess") + ["--i", "Reconstruct/job001/half1.mrc", "--mask",
+                                            "MaskCreate/job002/mask.mrc", "--o", "PostProcess/job003/postprocess",
+                                            "--auto_bfac", "--autob_lowres", "20"], cwd=out)
+    for line in text.splitlines():
+        if "FINAL RESOLUTION" in line:
+            log.info(" Demo result: %s", line.strip())
+
+
+def main(argv=None):
+    parser = _cli.make_parser(PROG, __doc__)
+    add_args(parser)
+    return _cli.run(PROG, parser, _body, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
