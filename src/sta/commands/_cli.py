@@ -143,7 +143,7 @@ def log_parameters(prog, args):
         log.info("   --%s %s", key, value)
 
 
-def run(prog, parser, body, argv=None, note_dir=None, is_leader=True):
+def run(prog, parser, body, argv=None, note_dir=None, comm=None):
     """Parse ``argv``, run ``body(args)`` and return the exit code.
 
     Parameters
@@ -157,9 +157,16 @@ def run(prog, parser, body, argv=None, note_dir=None, is_leader=True):
     note_dir : callable or None
         ``note_dir(args)`` gives the directory for ``note.txt`` (skipped under
         ``--pipeline_control``, as RELION does).
-    is_leader : bool
-        Only the leader rank logs parameters and writes job files.
+    comm : communicator or None
+        MPI world (from :func:`sta.parallel.mpi.world`); only rank 0 logs parameters and
+        writes job files.  An error on any rank of a multi-rank job prints one line naming
+        the rank and aborts the whole job.
     """
+    from sta.parallel.mpi import SerialComm, abort_on_error
+
+    comm = comm if comm is not None else SerialComm()
+    rank, size = comm.Get_rank(), comm.Get_size()
+    is_leader = rank == 0
     if argv is None:
         argv = sys.argv[1:]
     argv = list(argv)
@@ -170,7 +177,7 @@ def run(prog, parser, body, argv=None, note_dir=None, is_leader=True):
     configure_logging(args.verbose, quiet=not is_leader)
     control = args.pipeline_control
     start = time.time()
-    code = 0
+    code, message = 0, ""
     try:
         if is_leader:
             log_parameters(prog, args)
@@ -180,27 +187,28 @@ def run(prog, parser, body, argv=None, note_dir=None, is_leader=True):
                     write_note(directory, argv)
         body(args)
     except AbortRequested as exc:
-        print(f" exiting with an abort ... ({exc})", file=sys.stderr)
-        code = 2
+        code, message = 2, f" exiting with an abort ... ({exc})"
     except StaError as exc:
         if args.verbose:
             traceback.print_exc()
-        print(f"ERROR: {exc}", file=sys.stderr)
-        code = 1
+        code, message = 1, f"ERROR: {exc}"
     except KeyboardInterrupt:
-        print("ERROR: interrupted", file=sys.stderr)
-        code = 130
+        code, message = 130, "ERROR: interrupted"
     except MemoryError:
         if args.verbose:
             traceback.print_exc()
-        print(f"ERROR: {prog} ran out of memory; lower --mem/--j or the box size", file=sys.stderr)
-        code = 1
+        code, message = 1, f"ERROR: {prog} ran out of memory; lower --mem/--j or the box size"
     except Exception as exc:  # noqa: BLE001 - last line of defence: one line, not a traceback
         if args.verbose:
             traceback.print_exc()
-        print(f"ERROR: {prog} failed: {type(exc).__name__}: {exc} (run with --verbose for the traceback)",
-              file=sys.stderr)
-        code = 1
+        code, message = 1, (f"ERROR: {prog} failed: {type(exc).__name__}: {exc} "
+                            "(run with --verbose for the traceback)")
+    if code != 0 and size > 1:
+        if control:
+            _touch(pipeline_file(control, EXIT_ABORTED_FILE if code == 2 else EXIT_FAILURE_FILE))
+        abort_on_error(comm, message.replace("ERROR: ", "", 1).strip(), code)
+    if message:
+        print(message, file=sys.stderr)
     if is_leader:
         if control:
             name = {0: EXIT_SUCCESS_FILE, 2: EXIT_ABORTED_FILE}.get(code, EXIT_FAILURE_FILE)

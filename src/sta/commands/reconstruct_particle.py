@@ -1,0 +1,163 @@
+"""Reconstruct a particle map straight from the tilt series (relion_tomo_reconstruct_particle).
+
+Fourier-space back-projection of CTF-weighted tilt images of every particle into two
+half-set sums (``rlnRandomSubset``), then symmetrisation, gridding and CTF correction.
+Writes ``half1.mrc``, ``half2.mrc``, ``merged.mrc`` (+ ``*_full.mrc`` with ``--crop``),
+``data_*.mrc`` and ``weight_*.mrc`` into ``--o``.  Under ``mpirun`` the particles are split
+into batches handed out dynamically to all ranks; rank 0 writes the outputs.
+
+Example:
+  mpirun -np 3 sta_reconstruct_particle --i optimisation_set.star --b 48 --bin 1 --sym C6 --o Reconstruct/job001/
+"""
+
+import logging
+import os
+import time
+
+from sta.commands import _cli
+from sta.commands._tomo_inputs import add_input_args, load_inputs
+from sta.errors import InputError
+
+log = logging.getLogger("sta.reconstruct_particle")
+PROG = "sta_reconstruct_particle"
+
+
+def add_args(parser):
+    add_input_args(parser)
+    g = parser.add_argument_group("Reconstruction options")
+    g.add_argument("--b", type=_cli.positive_int, required=True, help="box size (binned pixels)")
+    g.add_argument("--o", required=True, help="output directory")
+    g.add_argument("--crop", type=int, default=-1, help="size of the (additionally written) cropped map")
+    g.add_argument("--whiten", action="store_true", help="whiten the noise (not implemented: refused)")
+    g.add_argument("--no_ctf", action="store_true", help="do not apply CTFs")
+    g.add_argument("--bin", type=_cli.positive_float, default=1.0, help="binning factor")
+    g.add_argument("--taper", type=_cli.nonneg_float, default=10.0, help="taper against the sphere by this many pixels")
+    g.add_argument("--SNR", type=float, default=-1.0, help="assumed SNR for Wiener division (<= 0: heuristic)")
+    g.add_argument("--sym", default="C1", help="point-group symmetry")
+    g.add_argument("--nr_helical_asu", type=_cli.positive_int, default=1, help="helical units (only 1 supported)")
+    g.add_argument("--helical_rise", type=float, default=0.0, help="helical rise (Å)")
+    g.add_argument("--helical_twist", type=float, default=0.0, help="helical twist (deg)")
+    g.add_argument("--mem", type=float, default=-1.0, help="max memory (GB) for the accumulators; reduces --j_out")
+    g.add_argument("--only_do_unfinished", action="store_true", help="skip the job when its outputs exist")
+    g.add_argument("--no_backup", action="store_true", help="accepted (sta writes no restart files)")
+    g.add_argument("--no_circle_crop", action="store_true", help="do not crop the 2D images to a circle")
+    g.add_argument("--j", type=_cli.positive_int, default=6, help="threads (FFT and whole-volume steps)")
+    g.add_argument("--j_in", type=_cli.positive_int, default=3, help="threads inside one particle (FFT threads)")
+    g.add_argument("--j_out", type=_cli.positive_int, default=2, help="particles processed concurrently per rank")
+    g.add_argument("--no_recon", action="store_true", help="only back-project (benchmarking)")
+    g.add_argument("--cutoff_fract", type=float, default=0.01, help="ignore shells whose dose weight is below this")
+    d = parser.add_argument_group("Display options")
+    d.add_argument("--theme", default="classic", help="accepted for RELION compatibility")
+
+
+def _outputs(args, has_halves):
+    tags = (["half1", "half2"] if has_halves else []) + ["merged"]
+    return [os.path.join(args.o, f"{t}.mrc") for t in tags]
+
+
+def _body(args, comm):
+    from sta.backend import set_fft_threads
+    from sta.geometry.symmetry import parse_symmetry
+    from sta.workflows import reconstruct_particle as wf
+
+    if args.whiten:
+        raise InputError("--whiten is not implemented in this version of sta_reconstruct_particle")
+    if args.nr_helical_asu > 1:
+        raise InputError("helical symmetry (--nr_helical_asu > 1) is not implemented in this version")
+    parse_symmetry(args.sym)  # validate early, on every rank
+    if args.crop > args.b:
+        raise InputError(f"--crop {args.crop} is larger than the box --b {args.b}")
+    params = wf.ReconstructParams(box=args.b, crop=args.crop, binning=args.bin, symmetry=args.sym, snr=args.SNR,
+                                  taper=args.taper, do_ctf=not args.no_ctf, circle_crop=not args.no_circle_crop,
+                                  cutoff_fract=args.cutoff_fract)
+    set_fft_threads(args.j_in)
+    t0 = time.time()
+    _, tomograms, particles, trajectories = load_inputs(args)
+    has_halves = "rlnRandomSubset" in particles.df.columns
+    if not has_halves and comm.Get_rank() == 0:
+        log.warning("WARNING: %s has no rlnRandomSubset: all particles go into one half (only merged.mrc "
+                    "is written)", particles.path)
+    if args.only_do_unfinished and all(os.path.exists(p) for p in _outputs(args, has_halves)):
+        log.info(" --only_do_unfinished: the outputs already exist in %s, nothing to do", args.o)
+        return
+    j_out = _threads_within_memory(args)
+    t_read = time.time() - t0
+    sums = _backproject(args, comm, tomograms, particles, trajectories, params, j_out)
+    t_bp = time.time() - t0 - t_read
+    if comm.Get_rank() != 0 or args.no_recon:
+        return
+    set_fft_threads(args.j)
+    rec = wf.finalise(sums, params, has_halves)
+    _write(args, rec, params.binning * tomograms[particles.tomo_name(0)].pixel_size)
+    log.info(" Timing: reading %.2f s, back-projection %.2f s, reconstruction and writing %.2f s",
+             t_read, t_bp, time.time() - t0 - t_read - t_bp)
+
+
+def _threads_within_memory(args):
+    from sta.workflows.reconstruct_particle import HalfSums
+
+    gb = HalfSums.nbytes(args.b) / 2 ** 30
+    j_out = args.j_out
+    if args.mem > 0:
+        fit = int(args.mem // gb)
+        if fit < 1:
+            raise InputError(f"--mem {args.mem} GB is too small: one pair of half-set accumulators of box "
+                             f"{args.b} needs {gb:.3f} GB")
+        if fit < j_out:
+            log.info(" --mem %.3g GB: --j_out reduced from %d to %d (%.3f GB per accumulator pair)",
+                     args.mem, j_out, fit, gb)
+            j_out = fit
+    return j_out
+
+
+def _backproject(args, comm, tomograms, particles, trajectories, params, j_out):
+    from sta.kernels.backproject import HalfGrid
+    from sta.parallel.batches import TiltCache, make_batches, run_batches
+    from sta.parallel.mpi import reduce_sum
+    from sta.workflows.reconstruct_particle import HalfSums, backproject_particles
+    from sta.workflows.tilt_data import TiltData
+
+    cache = TiltCache(lambda name: TiltData(tomograms[name]))
+    grid = HalfGrid(params.box)
+    batches = make_batches(particles.indices_by_tomogram(), comm.Get_size() * j_out)
+
+    def process(state, batch):
+        name, idx = batch
+        backproject_particles(cache.get(name), particles, idx, params, state, trajectories, grid)
+
+    states = run_batches(comm, batches, process, lambda: HalfSums(params.box), n_threads=j_out,
+                         label="Back-projected", is_leader=comm.Get_rank() == 0,
+                         check_abort=lambda: _cli.check_abort(args.pipeline_control))
+    sums = states[0]
+    for other in states[1:]:
+        sums.add(other)
+    reduce_sum(comm, sums.data)
+    reduce_sum(comm, sums.weight)
+    return sums
+
+
+def _write(args, rec, pixel_size):
+    from sta.io.mrc import write_mrc
+
+    for tag, vol in rec.data.items():
+        write_mrc(os.path.join(args.o, f"data_{tag}.mrc"), vol, pixel_size)
+    for tag, vol in rec.weights.items():
+        write_mrc(os.path.join(args.o, f"weight_{tag}.mrc"), vol, pixel_size)
+    for tag, vol in rec.full.items():
+        write_mrc(os.path.join(args.o, f"{tag}_full.mrc"), vol, pixel_size)
+    for tag, vol in rec.maps.items():
+        write_mrc(os.path.join(args.o, f"{tag}.mrc"), vol, pixel_size)
+    log.info(" Wrote %s to %s", ", ".join(f"{t}.mrc" for t in rec.maps), args.o)
+
+
+def main(argv=None):
+    from sta.parallel.mpi import world
+
+    comm = world()
+    parser = _cli.make_parser(PROG, __doc__)
+    add_args(parser)
+    return _cli.run(PROG, parser, lambda args: _body(args, comm), argv, note_dir=lambda a: a.o, comm=comm)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

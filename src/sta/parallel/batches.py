@@ -1,0 +1,119 @@
+"""Particle batches handed out dynamically to MPI ranks and threads.
+
+Work is split by tomogram into batches of particles, so ranks beyond the number of
+tomograms still help.  Every rank computes the same batch list from the metadata; a
+:class:`~sta.parallel.mpi.DynamicCounter` hands out batch indices across ranks, and a
+lock makes it safe for the threads of one rank.  Tilt series are cached per rank (one
+copy shared by its threads).
+"""
+
+import collections
+import concurrent.futures
+import threading
+
+import numpy as np
+
+from sta.parallel.mpi import DynamicCounter
+from sta.parallel.progress import Progress
+
+
+def make_batches(indices_by_tomogram, n_workers, batch_size=None, min_size=2, max_size=32):
+    """List of ``(tomo_name, particle_indices)``, tomogram by tomogram.
+
+    The default batch size aims at ≥ 4 batches per worker, within [min_size, max_size].
+    """
+    total = sum(len(v) for v in indices_by_tomogram.values())
+    if batch_size is None:
+        batch_size = int(np.clip(np.ceil(total / max(4 * n_workers, 1)), min_size, max_size))
+    out = []
+    for name, idx in indices_by_tomogram.items():
+        idx = np.asarray(idx)
+        for start in range(0, len(idx), batch_size):
+            out.append((name, idx[start:start + batch_size]))
+    return out
+
+
+class TiltCache:
+    """Thread-safe cache of the tilt series loaded on this rank (most recent ``keep``)."""
+
+    def __init__(self, loader, keep=2):
+        self.loader = loader
+        self.keep = keep
+        self._items = collections.OrderedDict()
+        self._lock = threading.Lock()
+        self._loading = {}
+
+    def get(self, name):
+        with self._lock:
+            if name in self._items:
+                self._items.move_to_end(name)
+                return self._items[name]
+            event = self._loading.get(name)
+            owner = event is None
+            if owner:
+                event = self._loading[name] = threading.Event()
+        if not owner:
+            event.wait()
+            return self.get(name)
+        try:
+            value = self.loader(name)
+            with self._lock:
+                self._items[name] = value
+                while len(self._items) > self.keep:
+                    self._items.popitem(last=False)
+        finally:
+            with self._lock:
+                del self._loading[name]
+            event.set()
+        return value
+
+
+def run_batches(comm, batches, process, make_state, n_threads=1, label="Particles", check_abort=None,
+                is_leader=True):
+    """Process ``batches`` on all ranks and threads; returns this rank's list of states.
+
+    ``process(state, batch)`` does the work of one batch into a thread-private ``state``
+    made by ``make_state()``.  ``check_abort()`` is called between batches.
+    """
+    counter = DynamicCounter(comm)
+    lock = threading.Lock()
+    total = sum(len(b[1]) for b in batches)
+    starts = np.cumsum([0] + [len(b[1]) for b in batches])
+    progress = Progress(total, label, "particles", enabled=is_leader)
+    errors = []
+
+    def take():
+        with lock:
+            return counter.next()
+
+    def worker():
+        state = make_state()
+        while not errors:
+            i = take()
+            if i >= len(batches):
+                break
+            if check_abort is not None:
+                check_abort()
+            process(state, batches[i])
+            if is_leader:
+                with lock:
+                    progress.update(starts[min(i + 1, len(batches))])
+        return state
+
+    if n_threads <= 1:
+        states = [worker()]
+    else:
+        with concurrent.futures.ThreadPoolExecutor(n_threads) as pool:
+            futures = [pool.submit(worker) for _ in range(n_threads)]
+            states = []
+            for fut in futures:
+                try:
+                    states.append(fut.result())
+                except BaseException as exc:  # stop the other threads, re-raise below
+                    errors.append(exc)
+        if errors:
+            raise errors[0]
+    counter.free()
+    if is_leader:
+        progress.finish()
+    return states
