@@ -15,6 +15,9 @@ TOOLS = {
     "sta_simulate": "simulate",
     "sta_demo": "demo",
     "sta_reconstruct_particle": "reconstruct_particle",
+    "sta_mask_create": "mask_create",
+    "sta_postprocess": "postprocess",
+    "sta_local_resolution": "local_resolution",
 }
 
 setup(
@@ -35,12 +38,12 @@ setup(
         "h5py>=3.8",
         "gemmi>=0.6",
         "pandas>=1.5",
+        "matplotlib>=3.6",
     ],
     extras_require={
         "mpi": ["mpi4py>=3.1", "mpich"],
         "gpu": ["cupy-cuda12x"],
         "test": ["pytest>=7", "starfile>=0.5", "healpy>=1.16"],
-        "plot": ["matplotlib>=3.6"],
     },
     entry_points={
         "console_scripts": [f"{name} = sta.commands.{mod}:main" for name, mod in TOOLS.items()],

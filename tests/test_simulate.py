@@ -71,7 +71,7 @@ def test_depth_dependent_defocus_follows_hand(tmp_path, hand):
     import sta.simulate.project as sp
 
     orig = sp.place_particles
-    sp.place_particles = lambda params, rng, n: np.array([[64.0, 64.0, 160.0]])
+    sp.place_particles = lambda params, rng, n, proj=None: np.array([[64.0, 64.0, 160.0]])
     try:
         simulate_project(p, str(tmp_path), volume=vol)
     finally:

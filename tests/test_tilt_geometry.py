@@ -31,7 +31,7 @@ def test_projection_matrix_real_tilt_series():
     from tests.conftest import CORPUS, need
 
     path = need(CORPUS / "cets-relion" / "Polish" / "job070" / "tilt_series" / "TS_01.star")
-    row = next(line for line in open(path) if "TS_01_038" in line).split()
+    row = next(line for line in path.read_text().splitlines() if "TS_01_038" in line).split()
     xt, yt, zr, sx, sy = (float(v) for v in row[22:27])
     assert (xt, yt, zr, sx, sy) == (XT, YT, ZR, SX, SY)
     p = projection_matrices([xt], [yt], [zr], [sx], [sy], PX, TOMO, IMG)[0]

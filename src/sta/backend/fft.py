@@ -30,6 +30,8 @@ class NumpyFFT:
         return np.fft.rfftn(a, s=s, axes=axes)
 
     def irfftn(self, a, s=None, axes=None):
+        if s is not None and axes is None:
+            axes = tuple(range(-len(s), 0))
         return np.fft.irfftn(a, s=s, axes=axes)
 
     def fftn(self, a, axes=None):
@@ -55,9 +57,13 @@ class PyFFTW:
         return {"threads": _THREADS[0], "planner_effort": "FFTW_ESTIMATE"}
 
     def rfftn(self, a, s=None, axes=None):
+        if s is not None and axes is None:
+            axes = tuple(range(-len(s), 0))
         return self._fft.rfftn(a, s=s, axes=axes, **self._kw())
 
     def irfftn(self, a, s=None, axes=None):
+        if s is not None and axes is None:
+            axes = tuple(range(-len(s), 0))
         return self._fft.irfftn(a, s=s, axes=axes, **self._kw())
 
     def fftn(self, a, axes=None):

@@ -162,7 +162,7 @@ def run(prog, parser, body, argv=None, note_dir=None, comm=None):
         writes job files.  An error on any rank of a multi-rank job prints one line naming
         the rank and aborts the whole job.
     """
-    from sta.parallel.mpi import SerialComm, abort_on_error
+    from sta.parallel.mpi import RankMonitor, SerialComm, abort_on_error
 
     comm = comm if comm is not None else SerialComm()
     rank, size = comm.Get_rank(), comm.Get_size()
@@ -178,6 +178,7 @@ def run(prog, parser, body, argv=None, note_dir=None, comm=None):
     control = args.pipeline_control
     start = time.time()
     code, message = 0, ""
+    monitor = RankMonitor(comm, prog)
     try:
         if is_leader:
             log_parameters(prog, args)
@@ -203,6 +204,8 @@ def run(prog, parser, body, argv=None, note_dir=None, comm=None):
             traceback.print_exc()
         code, message = 1, (f"ERROR: {prog} failed: {type(exc).__name__}: {exc} "
                             "(run with --verbose for the traceback)")
+    if code == 0 and size > 1:
+        monitor.finish()
     if code != 0 and size > 1:
         if control:
             _touch(pipeline_file(control, EXIT_ABORTED_FILE if code == 2 else EXIT_FAILURE_FILE))

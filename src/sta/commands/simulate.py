@@ -66,6 +66,8 @@ def add_args(parser):
     _opt(g, "subtomo_fraction", type=float, default=0.0,
          help="fraction of particles given random rlnTomoSubtomogramRot/Tilt/Psi")
     _opt(g, "edge_particles", action="store_true", help="allow particles near the tomogram border")
+    _opt(g, "min_separation", type=_cli.nonneg_float, default=0.25,
+         help="minimum distance between projected particles in every tilt, in boxes")
     t = parser.add_argument_group("Tilt series")
     _opt(t, "tilt_min", type=float, default=-60.0, help="lowest tilt (deg)")
     _opt(t, "tilt_max", type=float, default=60.0, help="highest tilt (deg)")
@@ -112,6 +114,7 @@ def params_from_args(args):
         bfactor_per_dose=args.bfactor_per_dose, snr=args.snr, model=args.model,
         truth_resolution=args.truth_resolution, truth_symmetry=args.truth_sym,
         subtomo_fraction=args.subtomo_fraction, edge_particles=args.edge_particles,
+        min_separation=args.min_separation,
         perturb_angles=args.perturb_angles, perturb_offsets=args.perturb_offsets, float16=args.float16,
         seed=args.seed)
 

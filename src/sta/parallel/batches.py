@@ -9,6 +9,8 @@ copy shared by its threads).
 
 import collections
 import concurrent.futures
+import os
+import signal
 import threading
 
 import numpy as np
@@ -95,6 +97,7 @@ def run_batches(comm, batches, process, make_state, n_threads=1, label="Particle
             if check_abort is not None:
                 check_abort()
             process(state, batches[i])
+            _fault_injection(comm)
             if is_leader:
                 with lock:
                     progress.update(starts[min(i + 1, len(batches))])
@@ -117,3 +120,11 @@ def run_batches(comm, batches, process, make_state, n_threads=1, label="Particle
     if is_leader:
         progress.finish()
     return states
+
+
+def _fault_injection(comm):
+    """Test hook: ``STA_TEST_KILL_RANK=r`` makes rank r die (SIGKILL) after its first batch,
+    to check that a dead follower takes the job down instead of hanging it."""
+    target = os.environ.get("STA_TEST_KILL_RANK")
+    if target is not None and target == str(comm.Get_rank()):
+        os.kill(os.getpid(), signal.SIGKILL)

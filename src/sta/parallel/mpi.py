@@ -7,6 +7,8 @@ by rank 0 and broadcast; arrays are reduced with buffer-based (uppercase) calls.
 
 import logging
 import os
+import socket
+import subprocess
 import sys
 
 import numpy as np
@@ -128,3 +130,72 @@ def reduce_sum(comm, array, root=0):
         return array
     comm.Reduce(array, None, op=MPI.SUM, root=root)
     return None
+
+
+_MONITOR_CODE = r"""
+import os, select, sys
+names = {names!r}
+pids = {pids!r}
+fds = {{}}
+for rank, pid in pids.items():
+    try:
+        fds[os.pidfd_open(pid)] = rank
+    except OSError:
+        pass
+poller = select.poll()
+for fd in fds:
+    poller.register(fd, select.POLLIN)
+poller.register(0, select.POLLIN)
+events = poller.poll()
+ready = [fd for fd, _ in events]
+if 0 in ready:
+    data = os.read(0, 16)
+    if data.startswith(b"done"):
+        sys.exit(0)
+dead = sorted(fds[fd] for fd in ready if fd in fds)
+if dead:
+    rank = dead[0]
+    sys.stderr.write("ERROR: {prog}: MPI rank %d (pid %d on %s) ended before the job finished (killed or "
+                     "crashed); the whole job is stopped\n" % (rank, pids[rank], names[rank]))
+    sys.stderr.flush()
+"""
+
+
+class RankMonitor:
+    """Names the rank that dies: one small watcher process per node.
+
+    The watcher (outside the MPI job, so the launcher's clean-up does not kill it) waits on
+    the pidfds of the ranks of its node and, if one ends before the job said it finished,
+    prints one line naming that rank.  :meth:`finish` tells it the job ended normally.
+    """
+
+    def __init__(self, comm, prog):
+        self.proc = None
+        self.comm = comm
+        if comm.Get_size() == 1 or not hasattr(os, "pidfd_open"):
+            return
+        host = socket.gethostname()
+        info = comm.allgather((host, os.getpid()))
+        local = [r for r, (h, _) in enumerate(info) if h == host]
+        if comm.Get_rank() != local[0]:
+            return
+        pids = {r: info[r][1] for r in local}
+        names = {r: host for r in local}
+        code = _MONITOR_CODE.format(names=names, pids=pids, prog=prog)
+        try:
+            self.proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
+                                         start_new_session=True)
+        except OSError as err:  # monitoring is best effort
+            log.debug("rank monitor not started: %s", err)
+
+    def finish(self):
+        """Tell the watcher that the job ended normally (call on every rank before exit)."""
+        self.comm.Barrier()
+        if self.proc is not None:
+            try:
+                self.proc.stdin.write(b"done\n")
+                self.proc.stdin.close()
+                self.proc.wait(timeout=5)
+            except (OSError, ValueError, subprocess.TimeoutExpired):
+                pass
+        self.comm.Barrier()

@@ -70,7 +70,7 @@ def lowpass(volume, pixel_size, resolution, edge_shells=2.0):
     lo, hi = shell - edge_shells / 2, shell + edge_shells / 2
     filt = np.where(r < lo, 1.0, np.where(r > hi, 0.0, 0.5 + 0.5 * np.cos(np.pi * (r - lo) / (hi - lo))))
     ft = np.fft.rfftn(np.fft.ifftshift(volume))
-    return np.fft.fftshift(np.fft.irfftn(ft * filt, s=volume.shape))
+    return np.fft.fftshift(np.fft.irfftn(ft * filt, s=volume.shape, axes=(0, 1, 2)))
 
 
 def soft_sphere(box, radius, edge):
@@ -138,7 +138,7 @@ def chiral_phantom(box, pixel_size, resolution=None):
     Blobs of different size and weight make every orientation and the hand unique.
     """
     rng = np.random.default_rng(12345)
-    extent = 0.3 * box * pixel_size
+    extent = 0.2 * box * pixel_size
     t = np.linspace(0, 1.6 * np.pi, 9)
     pts = np.stack([extent * np.cos(t), extent * np.sin(t), extent * (t / t[-1] - 0.5) * 1.2], 1)
     pts = np.vstack([pts, [[0.5 * extent, -0.4 * extent, 0.45 * extent]]])

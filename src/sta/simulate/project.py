@@ -58,6 +58,7 @@ class SimulationParameters:
     defocus_min: float = 30000.0
     defocus_max: float = 35000.0
     astigmatism: float = 300.0
+    defocus_jitter: float = 500.0   # per-tilt defocus spread around the tomogram's base (Å)
     hand: float = -1.0
     defocus_slope: float = 1.0
     voltage: float = 300.0
@@ -72,6 +73,7 @@ class SimulationParameters:
     truth_symmetry: str = "C1"
     subtomo_fraction: float = 0.0   # fraction of particles with random rlnTomoSubtomogram* angles
     edge_particles: bool = False    # allow particles close to the tomogram border
+    min_separation: float = 0.25    # minimum distance of projected particles in every tilt (boxes)
     perturb_angles: float = 0.0     # degrees
     perturb_offsets: float = 0.0    # Å
     float16: bool = False
@@ -109,7 +111,7 @@ def make_tomogram(params, rng, index):
     angles = tilt_angles(p.tilt_min, p.tilt_max, p.tilt_step)
     n = len(angles)
     base = rng.uniform(p.defocus_min, p.defocus_max)
-    defocus_mean = base + rng.normal(0, 100.0, n)
+    defocus_mean = base + rng.normal(0, p.defocus_jitter, n)
     return {
         "name": name,
         "angles": angles,
@@ -127,8 +129,13 @@ def make_tomogram(params, rng, index):
     }
 
 
-def place_particles(params, rng, n):
-    """Random non-overlapping particle positions (tomogram frame, tilt-series pixels)."""
+def place_particles(params, rng, n, proj=None):
+    """Random particle positions (tomogram frame, tilt-series pixels).
+
+    Particles are at least 0.7 boxes apart in 3D and, when ``proj`` is given, their
+    projections are at least ``params.min_separation`` boxes apart in every tilt image, so
+    that a box around one particle holds little of its neighbours.
+    """
     p = params
     size = np.asarray(p.tomo_size, dtype=float)
     margin = np.array([0.0, 0.0, 0.0]) if p.edge_particles else np.array([0.75, 0.75, 0.5]) * p.box
@@ -136,17 +143,25 @@ def place_particles(params, rng, n):
     zmargin = min(max(margin[2], p.box / 2), size[2] / 2 - 1)
     lo = np.array([margin[0], margin[1], zmargin])
     hi = size - lo
-    min_dist = 0.7 * p.box
-    pts = []
+    pts, proj_pts = [], []
     tries = 0
     while len(pts) < n:
         tries += 1
-        if tries > 200000:
-            raise InputError(f"cannot place {n} particles of box {p.box} without overlap in a tomogram "
-                             f"of {tuple(p.tomo_size)} pixels; use fewer particles or a larger --tomo_size")
+        if tries > 20000:
+            raise InputError(f"cannot place {n} particles of box {p.box} apart from each other in a tomogram of "
+                             f"{tuple(p.tomo_size)} pixels; use fewer particles, a larger --tomo_size or a smaller "
+                             f"--min_separation")
         c = rng.uniform(lo, hi)
-        if all(np.linalg.norm(c - q) >= min_dist for q in pts):
-            pts.append(c)
+        if pts and np.min(np.linalg.norm(np.asarray(pts) - c, axis=1)) < 0.7 * p.box:
+            continue
+        if proj is not None and proj_pts:
+            q = project(proj, c)[:, :2]
+            d = np.linalg.norm(np.asarray(proj_pts) - q[None], axis=2)  # (n_placed, f)
+            if d.min() < p.min_separation * p.box:
+                continue
+        pts.append(c)
+        if proj is not None:
+            proj_pts.append(project(proj, c)[:, :2])
     return np.asarray(pts)
 
 
@@ -251,7 +266,7 @@ def simulate_project(params, out_dir, volume=None, progress=None):
         proj = projection_matrices(tomo["xtilt"], tomo["ytilt"], tomo["zrot"], tomo["xshift"], tomo["yshift"],
                                    p.pixel_size, p.tomo_size, p.image_size)
         n = p.particles_per_tomogram
-        pos = place_particles(p, rng, n)
+        pos = place_particles(p, rng, n, proj)
         m_true = _random_rotations(rng, n)
         a_sub = np.broadcast_to(np.eye(3), (n, 3, 3)).copy()
         has_sub = rng.random(n) < p.subtomo_fraction
