@@ -19,8 +19,6 @@ def blob(box, sigma=1.5):
 
 
 def tomo_from_truth(out, name):
-    import pandas as pd  # noqa: F401
-
     from sta.io.star import read_star
 
     ts = read_star(out / "tilt_series" / f"{name}.star")[name].df

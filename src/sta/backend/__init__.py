@@ -5,6 +5,9 @@ Kernels are written once against an array module ``xp`` obtained from their inpu
 works without it.
 """
 
-from sta.backend.config import cupy_available, pyfftw_available  # noqa: F401
-from sta.backend.arrays import get_array_module, to_device, to_host, require_gpu  # noqa: F401
-from sta.backend.fft import get_fft, set_fft_threads, FFT_ENGINES  # noqa: F401
+from sta.backend.arrays import get_array_module, require_gpu, to_device, to_host
+from sta.backend.config import cupy_available, pyfftw_available
+from sta.backend.fft import FFT_ENGINES, get_fft, set_fft_threads
+
+__all__ = ["FFT_ENGINES", "cupy_available", "get_array_module", "get_fft", "pyfftw_available", "require_gpu",
+           "set_fft_threads", "to_device", "to_host"]

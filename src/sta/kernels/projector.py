@@ -1,15 +1,13 @@
 """Fourier-slice projector (central-slice theorem with trilinear interpolation), against ``xp``.
 
-Convention: :func:`project_slices` returns the *unnormalised* 2D DFT (NumPy ``rfft2``
-convention, real-space origin at pixel ``box//2``) of the ray-sum projection ``Σ_z V`` of
-the rotated map, so ``centred_irfft2(slice) * sqrt(box²)`` ... is avoided: use
-:func:`slices_to_images` to get real-space projections directly.
+Convention: :meth:`FourierProjector.project_slices` returns the *unnormalised* 2D DFT
+(NumPy ``rfft2`` convention, real-space origin at pixel ``box//2``) of the ray-sum
+projection ``Σ_z V`` of the rotated map; :func:`slices_to_images` turns such spectra into
+real-space projection images.
 
 A rotation ``B`` (3x3, reference -> image frame) samples the reference at ``B^T k`` for
 the image frequency ``k = (kx, ky, 0)`` (spec §2.4/§2.5).
 """
-
-import numpy as np
 
 from sta.backend import get_array_module, get_fft
 

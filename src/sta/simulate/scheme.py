@@ -18,7 +18,6 @@ def acquisition_order(angles, scheme="dose-symmetric", group=2):
     ``bidirectional``: from 0 to the max, then from 0 down to the min.
     """
     angles = np.asarray(angles, dtype=float)
-    n = len(angles)
     start = int(np.argmin(np.abs(angles)))
     if scheme == "sequential":
         order = list(np.argsort(angles))

@@ -16,7 +16,7 @@ import logging
 import numpy as np
 
 from sta.errors import InputError
-from sta.kernels.backproject import HalfGrid, backproject_slice_gather, symmetrise_half
+from sta.kernels.backproject import HalfGrid, backproject_slices_gather, symmetrise_half
 from sta.kernels.extract import extract_fourier
 from sta.kernels.reconstruct import (ctf_correct_heuristic, ctf_correct_wiener, gridding_correct_sinc2,
                                      half_to_full_centred, taper)
@@ -105,9 +105,9 @@ def backproject_particles(tilt, particles, indices, params, sums, trajectories=N
             spec = -spec
             weight = np.ones(spec.shape)
         h = halves[k]
-        for f in np.flatnonzero(vis):
-            a = tilt.proj[f, :3, :3] @ mats[k]
-            backproject_slice_gather(grid, spec[f], weight[f], a, int(xr[f, 0]), sums.data[h], sums.weight[h])
+        fs = np.flatnonzero(vis)
+        backproject_slices_gather(grid, spec[fs], weight[fs], tilt.proj[fs, :3, :3] @ mats[k], xr[fs, 0],
+                                  sums.data[h], sums.weight[h])
     return len(indices)
 
 

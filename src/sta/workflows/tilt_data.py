@@ -144,7 +144,7 @@ class ParticleGeometry:
 
     def trajectories(self, particles, trajectories, tilt):
         """(n, f, 3) per-tilt positions (motion shifts added when a trajectory set is given)."""
-        n, f = len(self.indices), tilt.n_tilts
+        f = tilt.n_tilts
         out = np.repeat(self.positions[:, None, :], f, axis=1)
         if trajectories is not None:
             for k, i in enumerate(self.indices):
