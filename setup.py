@@ -14,6 +14,7 @@ with open(os.path.join(HERE, "src", "sta", "__init__.py")) as fh:
 TOOLS = {
     "sta_simulate": "simulate",
     "sta_demo": "demo",
+    "sta_subtomo": "subtomo",
     "sta_reconstruct_particle": "reconstruct_particle",
     "sta_mask_create": "mask_create",
     "sta_postprocess": "postprocess",

@@ -99,4 +99,8 @@ def write_mrc(path, data, pixel_size, float16=False, stack=None):
                 if arr.ndim == 3 and stack:
                     mrc.set_image_stack()
                 mrc.voxel_size = float(pixel_size)
+                if arr.ndim == 3 and stack:
+                    # RELION's stacks: mz = nz, so the z spacing is 1.0 (x/y carry the pixel size)
+                    mrc.header.mz = arr.shape[0]
+                    mrc.header.cella.z = float(arr.shape[0])
                 mrc.update_header_stats()

@@ -63,11 +63,44 @@ def insert_slice_forward(data2d, weight2d, x_ranges, u, v, dest_data, dest_ctf, 
     dest_data : (d, h, wh) complex, dest_ctf, dest_mult : (d, h, wh) real
         Accumulators, updated in place.
     """
+    insert_slices_forward(data2d[None], weight2d[None], np.asarray(x_ranges)[None], np.asarray(u)[None],
+                          np.asarray(v)[None], dest_data, dest_ctf, dest_mult)
+
+
+def insert_slices_forward(data2d, weight2d, x_ranges, u, v, dest_data, dest_ctf, dest_mult):
+    """:func:`insert_slice_forward` for a stack of slices at once (one scatter per array).
+
+    Shapes: ``data2d``, ``weight2d`` (n, h2, wh2); ``x_ranges`` (n, h2); ``u``, ``v`` (n, 3).
+    """
     xp = get_array_module(dest_data)
     d, h, wh = dest_data.shape
+    idx, mult, value, wgh = [], [], [], []
+    for k in range(len(data2d)):
+        part = _slice_contributions(xp, data2d[k], weight2d[k], x_ranges[k], u[k], v[k], (d, h, wh))
+        if part is not None:
+            for acc, item in zip((idx, mult, value, wgh), part):
+                acc.append(item)
+    if not idx:
+        return
+    idx, mult = np.concatenate(idx), np.concatenate(mult)
+    value, wgh = xp.concatenate(value), xp.concatenate(wgh)
+    size = d * h * wh
+    idx_dev, m_dev = xp.asarray(idx), xp.asarray(mult)
+    contrib = m_dev * value
+    flat_d = dest_data.reshape(-1)
+    flat_d += (xp.bincount(idx_dev, weights=contrib.real, minlength=size)
+               + 1j * xp.bincount(idx_dev, weights=contrib.imag, minlength=size)).astype(flat_d.dtype)
+    dest_ctf.reshape(-1)[...] += xp.bincount(idx_dev, weights=m_dev * wgh, minlength=size).astype(dest_ctf.dtype)
+    dest_mult.reshape(-1)[...] += xp.bincount(idx_dev, weights=m_dev, minlength=size).astype(dest_mult.dtype)
+
+
+def _slice_contributions(xp, data2d, weight2d, x_ranges, u, v, shape):
+    """Flat destination indices, trilinear weights ``m``, values and weights of one slice,
+    the Hermitian mirrors of the x = 0 neighbours included (conjugated values)."""
+    d, h, wh = shape
     ys, xs, yy = slice_points(data2d.shape[0], x_ranges)
     if ys.size == 0:
-        return
+        return None
     u = np.asarray(u, dtype=float)
     v = np.asarray(v, dtype=float)
     scale = np.linalg.norm(u) * np.linalg.norm(v)
@@ -75,52 +108,31 @@ def insert_slice_forward(data2d, weight2d, x_ranges, u, v, dest_data, dest_ctf, 
     conj = pos[:, 0] < 0
     pos[conj] = -pos[conj]
     value = xp.asarray(data2d)[xp.asarray(ys), xp.asarray(xs)].astype(xp.complex128)
-    cj = xp.asarray(conj)
-    value = xp.where(cj, xp.conj(value), value)
+    value = xp.where(xp.asarray(conj), xp.conj(value), value)
     wgh = xp.asarray(weight2d)[xp.asarray(ys), xp.asarray(xs)].astype(xp.float64)
     p0 = np.floor(pos).astype(np.int64)
-    flat_d = dest_data.reshape(-1)
-    flat_c = dest_ctf.reshape(-1)
-    flat_m = dest_mult.reshape(-1)
-    size = d * h * wh
-    acc_idx, acc_m, acc_mirror = [], [], []
-    for dz in (0, 1):
-        for dy in (0, 1):
-            for dx in (0, 1):
-                g = p0 + np.array([dx, dy, dz])
-                ok = (g[:, 0] < wh) & (g[:, 1] >= -(h // 2)) & (g[:, 1] < h // 2) \
-                    & (g[:, 2] >= -(d // 2)) & (g[:, 2] < d // 2)
-                frac = 1.0 - np.abs(pos - g)
-                m = scale * frac[:, 0] * frac[:, 1] * frac[:, 2]
-                m = np.where(ok, m, 0.0)
-                xi = np.where(ok, g[:, 0], 0)
-                yi = np.where(g[:, 1] >= 0, g[:, 1], g[:, 1] + h) % h
-                zi = np.where(g[:, 2] >= 0, g[:, 2], g[:, 2] + d) % d
-                acc_idx.append((zi * h + yi) * wh + xi)
-                acc_m.append(m)
-                mirror = ok & (xi == 0)
-                acc_mirror.append(np.where(mirror, (((d - zi) % d) * h + (h - yi) % h) * wh, -1))
-    idx = np.stack(acc_idx)                 # (8, n)
-    m = np.stack(acc_m)                     # (8, n)
-    mir = np.stack(acc_mirror)              # (8, n), -1 = no mirror
-    _scatter(xp, flat_d, flat_c, flat_m, idx.ravel(), m, value, wgh, size, conjugate=False)
-    has = mir >= 0
-    if has.any():
-        m_mir = np.where(has, m, 0.0)
-        _scatter(xp, flat_d, flat_c, flat_m, np.where(has, mir, 0).ravel(), m_mir, value, wgh, size,
-                 conjugate=True)
-
-
-def _scatter(xp, flat_d, flat_c, flat_m, idx, m, value, wgh, size, conjugate):
-    """Add ``m·value``, ``m·wgh`` and ``m`` at flat indices ``idx`` (8·n,) with bincount."""
-    m_dev = xp.asarray(m)                                   # (8, n)
-    val = xp.conj(value) if conjugate else value
-    contrib = (m_dev * val[None, :]).ravel()
-    idx_dev = xp.asarray(idx)
-    flat_d += (xp.bincount(idx_dev, weights=contrib.real, minlength=size)
-               + 1j * xp.bincount(idx_dev, weights=contrib.imag, minlength=size)).astype(flat_d.dtype)
-    flat_c += xp.bincount(idx_dev, weights=(m_dev * wgh[None, :]).ravel(), minlength=size).astype(flat_c.dtype)
-    flat_m += xp.bincount(idx_dev, weights=m_dev.ravel(), minlength=size).astype(flat_m.dtype)
+    offsets = np.array([[dx, dy, dz] for dz in (0, 1) for dy in (0, 1) for dx in (0, 1)])
+    g = p0[None, :, :] + offsets[:, None, :]                       # (8, n, 3)
+    ok = (g[..., 0] < wh) & (g[..., 1] >= -(h // 2)) & (g[..., 1] < h // 2) \
+        & (g[..., 2] >= -(d // 2)) & (g[..., 2] < d // 2)
+    frac = 1.0 - np.abs(pos[None] - g)
+    m = np.where(ok, scale * frac[..., 0] * frac[..., 1] * frac[..., 2], 0.0)
+    xi = np.where(ok, g[..., 0], 0)
+    yi = g[..., 1] % h
+    zi = g[..., 2] % d
+    flat = (zi * h + yi) * wh + xi
+    mirror = ok & (xi == 0)
+    mirror_flat = (((d - zi) % d) * h + (h - yi) % h) * wh
+    keep = m != 0
+    sel = mirror & keep
+    idx = np.concatenate([flat[keep], mirror_flat[sel]])
+    mult = np.concatenate([m[keep], m[sel]])
+    n = len(ys)
+    which = np.broadcast_to(np.arange(n), (8, n))
+    vk, vs = xp.asarray(which[keep]), xp.asarray(which[sel])
+    vals = xp.concatenate([value[vk], xp.conj(value[vs])])
+    wghs = xp.concatenate([wgh[vk], wgh[vs]])
+    return idx, mult, vals, wghs
 
 
 def centre_modulate_3d(half, xp=None):
