@@ -1,5 +1,6 @@
 """Installation of the sta suite (distribution ``sta-tomo``, import package ``sta``)."""
 
+import glob
 import os
 import re
 
@@ -19,6 +20,9 @@ TOOLS = {
     "sta_mask_create": "mask_create",
     "sta_postprocess": "postprocess",
     "sta_local_resolution": "local_resolution",
+    "sta_star_handler": "star_handler",
+    "sta_submit": "submit",
+    "sta_relion_aliases": "relion_aliases",
 }
 
 setup(
@@ -46,6 +50,7 @@ setup(
         "gpu": ["cupy-cuda12x"],
         "test": ["pytest>=7", "starfile>=0.5", "healpy>=1.16"],
     },
+    data_files=[("share/sta/jobscripts", sorted(glob.glob("jobscripts/*.sh")))],
     entry_points={
         "console_scripts": [f"{name} = sta.commands.{mod}:main" for name, mod in TOOLS.items()],
     },

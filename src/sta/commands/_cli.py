@@ -95,10 +95,20 @@ def pipeline_file(control_dir, name):
     return os.path.join(control_dir, name)
 
 
-def write_note(directory, argv):
+def program_name(prog):
+    """The name the program was started under: a RELION alias (``STA_ARGV0``), the console
+    script, or ``prog`` when run as ``python -m``."""
+    alias = os.environ.get("STA_ARGV0")
+    if alias:
+        return alias
+    base = os.path.basename(sys.argv[0] or "")
+    return base if base.startswith(("sta_", "relion_")) else prog
+
+
+def write_note(directory, argv, prog="sta"):
     """``note.txt`` as RELION's tomo programs write it (not under pipeline control)."""
     os.makedirs(directory, exist_ok=True)
-    cmd = " ".join(shlex.quote(a) for a in [os.path.basename(sys.argv[0]) or "sta"] + list(argv))
+    cmd = " ".join(shlex.quote(a) for a in [program_name(prog)] + list(argv))
     with open(os.path.join(directory, "note.txt"), "w") as fh:
         fh.write(f"Command:\n\n{cmd} \n")
 
@@ -162,8 +172,11 @@ def run(prog, parser, body, argv=None, note_dir=None, comm=None):
         writes job files.  An error on any rank of a multi-rank job prints one line naming
         the rank and aborts the whole job.
     """
-    from sta.parallel.mpi import RankMonitor, SerialComm, abort_on_error
+    from sta.parallel.mpi import RankMonitor, SerialComm, abort_on_error, launched_rank
 
+    if comm is None and launched_rank() > 0:
+        # a serial tool started under mpirun (e.g. relion_postprocess_mpi): one rank does the work
+        return 0
     comm = comm if comm is not None else SerialComm()
     rank, size = comm.Get_rank(), comm.Get_size()
     is_leader = rank == 0
@@ -185,7 +198,7 @@ def run(prog, parser, body, argv=None, note_dir=None, comm=None):
             if control is None and note_dir is not None:
                 directory = note_dir(args)
                 if directory:
-                    write_note(directory, argv)
+                    write_note(directory, argv, prog)
         body(args)
     except AbortRequested as exc:
         code, message = 2, f" exiting with an abort ... ({exc})"

@@ -55,6 +55,17 @@ def launched_by_mpi():
     return any(v in os.environ for v in _LAUNCH_VARS)
 
 
+def launched_rank():
+    """Rank given by the MPI launcher's environment (0 when not under a launcher)."""
+    for var in ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK"):
+        if var in os.environ:
+            try:
+                return int(os.environ[var])
+            except ValueError:
+                return 0
+    return 0
+
+
 def world():
     """``MPI.COMM_WORLD`` under an MPI launcher with mpi4py installed, else :class:`SerialComm`."""
     if not launched_by_mpi():
