@@ -17,6 +17,7 @@ TOOLS = {
     "sta_demo": "demo",
     "sta_subtomo": "subtomo",
     "sta_reconstruct_particle": "reconstruct_particle",
+    "sta_refine": "refine",
     "sta_mask_create": "mask_create",
     "sta_postprocess": "postprocess",
     "sta_local_resolution": "local_resolution",

@@ -38,7 +38,7 @@ class Sampling:
         return healpix_step(self.healpix_order + (self.oversampling if with_oversampling else 0))
 
     def start_local_if_needed(self):
-        if self.healpix_order >= self.auto_local_order and not self.user_sigmas:
+        if self.healpix_order >= self.auto_local_order:
             self.local = True
             self.sigma_ang = 2.0 * self.step()
 

@@ -1,0 +1,402 @@
+"""The regularised-likelihood refinement of relion_refine on 2D-stack tomography data.
+
+:class:`RefineEngine` holds the model of one half set (reference, noise spectra, offset
+and orientation priors) and does, for a list of particles, the expectation (two-pass
+adaptive oversampling over HEALPix orientations × 3D translations) and accumulates the
+weighted sums of the maximisation; :func:`maximise` turns the sums of a half into its new
+model.  No file or MPI code lives here (spec §6.3-6.5).
+"""
+
+import dataclasses
+import logging
+
+import numpy as np
+
+from sta.geometry.euler import euler_to_matrix
+from sta.kernels import fourier_insert as fi
+from sta.kernels import likelihood as lk
+from sta.kernels.fourier import centred_irfft, centred_rfft, radius_grid_2d
+from sta.kernels.projector import FourierProjector
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class RefineParams:
+    """Options of relion_refine that change the result (units: Å, degrees, pixels as noted)."""
+
+    particle_diameter: float
+    symmetry: str = "C1"
+    healpix_order: int = 2
+    auto_local_order: int = 4
+    offset_range_px: float = 6.0
+    offset_step_px: float = 2.0
+    oversampling: int = 1
+    sigma_rot: float = -1.0
+    sigma_tilt: float = -1.0
+    sigma_psi: float = -1.0
+    do_ctf: bool = True
+    ini_high: float = -1.0
+    tau2_fudge: float = 1.0
+    pad: int = 2
+    zero_mask: bool = False
+    flatten_solvent: bool = False
+    low_resol_join_halves: float = -1.0
+    firstiter_cc: bool = False
+    skip_align: bool = False
+    adaptive_fraction: float = 0.999
+    incr_size: int = 10
+    maskedge: int = 5
+    do_scale: bool = True
+    min_sigma2_offset: float = 2.0
+    offset_prior_sigma: float = 10.0     # --offset: initial σ_offset (Å)
+    max_iter: int = 999
+    seed: int = 0
+    max_bytes: int = 256 * 2 ** 20
+    perturb: float = 0.5
+
+
+class HalfModel:
+    """Model of one half set."""
+
+    def __init__(self, volume, pixel_size, n_optics):
+        self.set_map(volume)
+        self.pixel_size = pixel_size
+        self.ori = volume.shape[0]
+        n_shells = self.ori // 2 + 1
+        self.sigma2 = [np.zeros(n_shells) for _ in range(n_optics)]
+        self.sigma2_offset = 0.0
+        self.pdf_direction = None
+        self.fsc = np.zeros(n_shells)
+        self.ssnr = np.zeros(n_shells)
+        self.tau2 = np.zeros(n_shells)
+        self.sigma2_rec = np.zeros(n_shells)
+        self.coverage = np.zeros(n_shells)
+        self.scales = {}
+
+    def set_map(self, volume):
+        self.volume = np.asarray(volume, dtype=np.float64)
+        self.sampler = lk.SliceSampler(FourierProjector(self.volume, pad=2), dtype=np.complex64)
+
+
+@dataclasses.dataclass
+class ParticleResult:
+    angles: np.ndarray      # (3,) rot, tilt, psi (deg)
+    offset: np.ndarray      # (3,) Å, subtomogram frame
+    pmax: float
+    n_significant: int
+    log_likelihood: float
+    acc_spread: float       # posterior angular spread (deg)
+    acc_rot: float = float("nan")     # RELION-style accuracy estimate (deg), for a few particles
+    acc_trans: float = float("nan")   # (Å)
+
+
+class HalfSums:
+    """Weighted sums of one half set (one iteration)."""
+
+    def __init__(self, ori, pad, current_size, n_optics, n_dirs, groups):
+        self.data, self.weight = fi.new_accumulator(ori, pad, current_size)
+        n_shells = ori // 2 + 1
+        self.wsum_sigma2 = np.zeros((n_optics, n_shells))
+        self.sumw = np.zeros(n_optics)
+        self.wsum_ctf2 = np.zeros(n_shells)
+        self.offset_sum = 0.0
+        self.offset_w = 0.0
+        self.pdf = np.zeros(n_dirs)
+        self.scale_xa = {g: 0.0 for g in groups}
+        self.scale_aa = {g: 0.0 for g in groups}
+        self.count = 0
+
+    def arrays(self):
+        """The sums as a list of numpy arrays (for MPI reductions), in a fixed order."""
+        groups = sorted(self.scale_xa)
+        return [self.data, self.weight, self.wsum_sigma2, self.sumw, self.wsum_ctf2,
+                np.array([self.offset_sum, self.offset_w, float(self.count)]), self.pdf,
+                np.array([self.scale_xa[g] for g in groups]), np.array([self.scale_aa[g] for g in groups])]
+
+    def set_arrays(self, arrays):
+        groups = sorted(self.scale_xa)
+        (self.data, self.weight, self.wsum_sigma2, self.sumw, self.wsum_ctf2, misc, self.pdf, xa, aa) = arrays
+        self.offset_sum, self.offset_w, count = misc
+        self.count = int(round(count))
+        self.scale_xa = dict(zip(groups, xa))
+        self.scale_aa = dict(zip(groups, aa))
+
+    def add(self, other):
+        self.set_arrays([a + b for a, b in zip(self.arrays(), other.arrays())])
+
+
+def soft_circle(box, radius, edge):
+    """2D raised-cosine disc (RELION's particle mask of the alignment images)."""
+    c = box // 2
+    y, x = np.ogrid[:box, :box]
+    r = np.sqrt((x - c) ** 2 + (y - c) ** 2)
+    return np.where(r < radius, 1.0, np.where(r > radius + edge, 0.0,
+                                               0.5 + 0.5 * np.cos(np.pi * (r - radius) / max(edge, 1e-9))))
+
+
+def mask_images(images, radius_px, edge_px, zero_mask, sigma2, rng):
+    """Alignment copies of the images: outside a soft disc the pixels are replaced by the
+    edge-weighted background mean (``--zero_mask``) or by noise with the σ² spectrum."""
+    n, box, _ = images.shape
+    m = soft_circle(box, radius_px, edge_px)
+    if zero_mask:
+        out_w = 1.0 - m
+        bg = (images * out_w).sum(axis=(1, 2)) / max(out_w.sum(), 1e-12)
+        return images * m + bg[:, None, None] * (1.0 - m)
+    r = np.round(radius_grid_2d(box)).astype(int)
+    amp = np.sqrt(np.maximum(sigma2[np.minimum(r, len(sigma2) - 1)], 0.0))
+    noise_ft = (rng.normal(size=(n,) + amp.shape) + 1j * rng.normal(size=(n,) + amp.shape)) * amp
+    noise = centred_irfft(noise_ft, (box, box))
+    return images * m + noise * (1.0 - m)
+
+
+class RefineEngine:
+    """Expectation and accumulation for one half set at the current sampling."""
+
+    def __init__(self, params, model, sampling, current_size, coarse_size, groups, optics_index, iteration,
+                 local_sigma=None):
+        self.p = params
+        self.model = model
+        self.sampling = sampling
+        self.cs = current_size
+        self.coarse = coarse_size
+        self.groups = groups
+        self.optics_index = optics_index
+        self.iteration = iteration
+        self.local_sigma = local_sigma
+        self.group = sampling.group
+        coarse = sampling.orientations()
+        self.coarse_angles = coarse
+        self.n_psi = sampling.n_psi
+        self.trans_coarse_A = sampling.translations
+
+    def new_sums(self):
+        return HalfSums(self.model.ori, self.p.pad, self.cs, len(self.model.sigma2), self.sampling.n_directions,
+                        self.groups)
+
+    # ------------------------------------------------------------------ one particle
+    def accuracy(self, sp, images, result, scale, sigma2):
+        """RELION's accuracy estimate for one particle: the rotation angle (deg) and shift (Å)
+        away from the best pose at which the likelihood ratio falls to 0.01
+        (Δdiff2 = 4.605), probed along a fixed axis at doubling steps."""
+        x = centred_rfft(images.astype(np.float64), ndim=2)
+        fctf = sp.fctf() if self.p.do_ctf else np.ones((sp.n_img, sp.box, sp.box // 2 + 1))
+        best = euler_to_matrix(*result.angles)
+        steps = np.array([0.0, 0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0])
+        axis = np.array([1.0, 1.0, 1.0]) / np.sqrt(3.0)
+        rots = [best @ _axis_rotation(axis, a) for a in steps]
+        from sta.geometry.euler import matrix_to_euler
+
+        angles = np.stack(matrix_to_euler(np.stack(rots)), -1)
+        t0 = result.offset / sp.pixel_size
+        d_rot, _, _ = self._diff2(x, x, fctf, sp, angles, t0[None], self.cs, sigma2, scale)
+        shifts = t0[None] + steps[:, None] * axis[None] / 2.0
+        d_tr, _, _ = self._diff2(x, x, fctf, sp, result.angles[None], shifts, self.cs, sigma2, scale)
+        return (_crossing(steps, d_rot[:, 0] - d_rot[0, 0]),
+                _crossing(steps / 2.0, d_tr[0] - d_tr[0, 0]) * sp.pixel_size)
+
+    def expect(self, sp, images, state, sums, rng):
+        """E-step of one particle; accumulates into ``sums``; returns :class:`ParticleResult`.
+
+        ``images`` (n_img, box, box) real premultiplied stack; ``state`` dict with the current
+        ``angles`` (deg), ``offset`` (Å) and ``prior_offset`` (Å) of the particle.
+        """
+        p, m = self.p, self.model
+        og = self.optics_index[sp.index]
+        sigma2 = m.sigma2[og]
+        px = sp.pixel_size
+        radius = p.particle_diameter / (2.0 * px)
+        masked = mask_images(images, radius, p.maskedge, p.zero_mask, sigma2, rng)
+        x_mask = centred_rfft(masked.astype(np.float64), ndim=2)
+        x_full = centred_rfft(images.astype(np.float64), ndim=2)
+        fctf = sp.fctf() if p.do_ctf else np.ones((sp.n_img, sp.box, sp.box // 2 + 1))
+        scale = m.scales.get(sp.tomo, 1.0) if p.do_scale else 1.0
+        cur = np.asarray(state["angles"], float)
+        cur_off_px = np.asarray(state["offset"], float) / px
+        prior_px = np.asarray(state["prior_offset"], float) / px
+        if p.skip_align:
+            angles_f = cur[None]
+            trans_f = cur_off_px[None]
+            diff2, prep_f, ph_f = self._diff2(x_mask, x_full, fctf, sp, angles_f, trans_f, self.cs, sigma2, scale)
+            post = lk.weights_from_diff2(diff2, adaptive_fraction=1.0)
+            dir_idx = self._direction_index(angles_f)
+        else:
+            idx_c, angles_c, log_po_c, dir_c = self._coarse_orientations(cur)
+            trial_c = self.sampling.perturb_translations(self.trans_coarse_A)
+            trans_c = cur_off_px[None] + trial_c / px
+            log_pt_c = lk.offset_log_prior(trans_c, prior_px, max(m.sigma2_offset, 0.0), px)
+            if p.firstiter_cc and self.iteration == 1:
+                angles_f, trans_f, dir_idx = angles_c, trans_c, dir_c
+                inv, bp = lk.noise_maps(sigma2, self.cs)
+                prep_f = lk.prepare_particle(x_mask, fctf, sp.aproj, inv, self.cs, x_full, bp)
+                ph_f = lk.translation_phases(trans_f, sp.aproj, sp.box, self.cs)
+                proj = self._projector(angles_f, sp.aproj, self.cs)
+                scores = lk.cross_correlation_scores(proj, prep_f, ph_f, max_bytes=p.max_bytes, scale=scale,
+                                                     n_orientations=len(angles_f))
+                post = lk.weights_from_cc(scores, sp.n_img)
+            else:
+                diff2_c, _, _ = self._diff2(x_mask, x_full, fctf, sp, angles_c, trans_c, self.coarse, sigma2, scale)
+                post_c = lk.weights_from_diff2(diff2_c, log_po_c, log_pt_c, p.adaptive_fraction)
+                angles_f, log_po, dir_idx, trans_f, allowed = self._oversample(idx_c, angles_c, log_po_c, dir_c,
+                                                                               trial_c, cur_off_px, px, post_c)
+                log_pt = lk.offset_log_prior(trans_f, prior_px, max(m.sigma2_offset, 0.0), px)
+                diff2, prep_f, ph_f = self._diff2(x_mask, x_full, fctf, sp, angles_f, trans_f, self.cs, sigma2,
+                                                  scale, allowed=allowed)
+                post = lk.weights_from_diff2(diff2, log_po, log_pt, p.adaptive_fraction)
+        return self._accumulate(sp, og, post, angles_f, trans_f, dir_idx, prep_f, ph_f, scale, prior_px, sums)
+
+    def _projector(self, angles, aproj, size, pix=None):
+        rots = euler_to_matrix(angles[:, 0], angles[:, 1], angles[:, 2]).reshape(-1, 3, 3)
+        sampler = self.model.sampler
+        return lambda a, b: sampler.project(rots[a:b], aproj, size, pix)
+
+    def _diff2(self, x_mask, x_full, fctf, sp, angles, trans_px, size, sigma2, scale, allowed=None):
+        inv, bp = lk.noise_maps(sigma2, size)
+        prep = lk.prepare_particle(x_mask, fctf, sp.aproj, inv, size, x_full, bp)
+        ph = lk.translation_phases(trans_px, sp.aproj, sp.box, size)
+        ph_pix = lk.translation_phases(trans_px, sp.aproj, sp.box, size, pix=prep.pix)
+        rows = np.arange(len(angles)) if allowed is None else np.flatnonzero(allowed.any(axis=1))
+        proj = self._projector(angles[rows], sp.aproj, size, prep.pix)
+        d = np.full((len(angles), len(trans_px)), np.inf)
+        d[rows] = lk.squared_differences(proj, prep, ph_pix, max_bytes=self.p.max_bytes, scale=scale,
+                                         n_orientations=len(rows), dtype=np.float32)
+        if allowed is not None:
+            d[~allowed] = np.inf
+        return d + prep.diff2_constant, prep, ph
+
+    def _coarse_orientations(self, cur):
+        """Coarse orientation indices (into ``sampling.orientations()``), perturbed angles,
+        log priors and direction indices."""
+        s = self.sampling
+        if self.local_sigma is not None:
+            sr, st_, sp_ = self.local_sigma
+            sel = s.local_orientations(cur[0], cur[1], cur[2], sr, st_, sp_, self.group)
+            idx = sel.orientation_indices
+            w = sel.weights
+            log_po = np.log(w / w.mean())
+        else:
+            idx = np.arange(len(self.coarse_angles))
+            pdf = self.model.pdf_direction
+            log_po = np.repeat(lk.orientation_log_prior(pdf), self.n_psi) if pdf is not None else np.zeros(len(idx))
+        angles = s.perturb_orientations(self.coarse_angles[idx])
+        return idx, angles, log_po, idx // self.n_psi
+
+    def _oversample(self, idx_c, angles_c, log_po_c, dir_c, trial_c, cur_off_px, px, post_c):
+        """Children of the significant coarse points (RELION's pass 2) as a rectangle with
+        a mask of allowed (orientation, translation) pairs."""
+        os_ = self.p.oversampling
+        sig = post_c.significant
+        o_idx = np.flatnonzero(sig.any(axis=1))
+        t_idx = np.flatnonzero(sig.any(axis=0))
+        if os_ == 0:
+            return (angles_c[o_idx], log_po_c[o_idx], dir_c[o_idx], cur_off_px + trial_c[t_idx] / px,
+                    sig[np.ix_(o_idx, t_idx)])
+        s = self.sampling
+        fine_a, parent_o = [], []
+        for k, o in enumerate(o_idx):
+            kids = s.oversampled_orientations(int(idx_c[o] // self.n_psi), int(idx_c[o] % self.n_psi), os_)
+            fine_a.append(kids)
+            parent_o.append(np.full(len(kids), k))
+        fine_t, parent_t = [], []
+        for k, t in enumerate(t_idx):
+            kids = s.oversampled_translations(int(t), os_)
+            fine_t.append(kids)
+            parent_t.append(np.full(len(kids), k))
+        parent_o = np.concatenate(parent_o)
+        parent_t = np.concatenate(parent_t)
+        allowed = sig[np.ix_(o_idx, t_idx)][parent_o][:, parent_t]
+        return (np.concatenate(fine_a), log_po_c[o_idx][parent_o], dir_c[o_idx][parent_o],
+                cur_off_px + np.concatenate(fine_t) / px, allowed)
+
+    def _direction_index(self, angles):
+        s = self.sampling
+        v = np.stack([np.cos(np.deg2rad(s.rot)) * np.sin(np.deg2rad(s.tilt)),
+                      np.sin(np.deg2rad(s.rot)) * np.sin(np.deg2rad(s.tilt)), np.cos(np.deg2rad(s.tilt))], -1)
+        a = angles[:, :2]
+        u = np.stack([np.cos(np.deg2rad(a[:, 0])) * np.sin(np.deg2rad(a[:, 1])),
+                      np.sin(np.deg2rad(a[:, 0])) * np.sin(np.deg2rad(a[:, 1])), np.cos(np.deg2rad(a[:, 1]))], -1)
+        return np.argmax(u @ v.T, axis=1)
+
+    def _accumulate(self, sp, og, post, angles, trans_px, dir_idx, prep, ph, scale, prior_px, sums):
+        w = post.mstep_weights()
+        keep = np.flatnonzero(w.sum(axis=1) > 0)
+        wk = w[keep]
+        rots = euler_to_matrix(angles[keep, 0], angles[keep, 1], angles[keep, 2]).reshape(-1, 3, 3)
+        wimg, wsum = lk.weighted_images(wk, prep.images_nomask, ph)
+        data, weight = lk.backprojection_slices(wimg, wsum, prep, scale)
+        mats = lk.slice_matrices(rots, prep.aproj)
+        cs = prep.current_size
+        fi.insert_slices(sums.data, sums.weight, data.reshape(-1, cs, cs // 2 + 1),
+                         weight.reshape(-1, cs, cs // 2 + 1), mats.reshape(-1, 3, 3), self.p.pad)
+        proj = self.model.sampler.project(rots, prep.aproj, cs)
+        ns = lk.noise_sums(wk, proj, prep, ph, scale=scale, ssnr=self.model.ssnr)
+        sums.wsum_sigma2[og] += ns.wsum_sigma2
+        sums.sumw[og] += ns.sumw
+        sums.wsum_ctf2 += ns.wsum_ctf2
+        if sp.tomo in sums.scale_xa:
+            sums.scale_xa[sp.tomo] += ns.scale_xa / max(scale, 1e-12)
+            sums.scale_aa[sp.tomo] += ns.scale_aa / max(scale * scale, 1e-12)
+        osum, ow = lk.offset_sums(w, trans_px, prior_px, sp.pixel_size, sp.n_img)
+        sums.offset_sum += osum
+        sums.offset_w += ow
+        np.add.at(sums.pdf, dir_idx[keep], wk.sum(axis=1))
+        sums.count += 1
+        bo, bt = post.best
+        spread = _angular_spread(rots, angles[bo], wk.sum(axis=1))
+        return ParticleResult(angles=angles[bo].copy(), offset=trans_px[bt] * sp.pixel_size, pmax=post.pmax,
+                              n_significant=post.n_significant, log_likelihood=post.log_likelihood,
+                              acc_spread=spread)
+
+
+def _axis_rotation(axis, angle_deg):
+    a = np.deg2rad(angle_deg)
+    k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+    return np.eye(3) + np.sin(a) * k + (1 - np.cos(a)) * (k @ k)
+
+
+def _crossing(steps, ddiff2, level=4.60517):
+    """First step where the diff2 increase exceeds ``level`` (linear interpolation)."""
+    above = np.flatnonzero(ddiff2 >= level)
+    if not above.size:
+        return float(steps[-1])
+    i = above[0]
+    if i == 0:
+        return float(steps[0])
+    x0, x1, y0, y1 = steps[i - 1], steps[i], ddiff2[i - 1], ddiff2[i]
+    return float(x0 + (level - y0) * (x1 - x0) / max(y1 - y0, 1e-12))
+
+
+def _angular_spread(rots, best_angles, weights):
+    """Posterior-weighted RMS angle (deg) between the kept orientations and the best one."""
+    b = euler_to_matrix(*best_angles)
+    tr = np.einsum("nij,ij->n", rots, b)
+    ang = np.rad2deg(np.arccos(np.clip((tr - 1) / 2, -1, 1)))
+    w = weights / max(weights.sum(), 1e-300)
+    return float(np.sqrt((w * ang * ang).sum()))
+
+
+def initial_sigma2(stack_particles, read_images, n_per_group, optics_index, n_optics, ori):
+    """σ² of the first iteration: half the mean power per shell of the images of the first
+    ``n_per_group`` particles of each optics group (E|X|² = 2σ² for complex noise)."""
+    n_shells = ori // 2 + 1
+    sums = np.zeros((n_optics, n_shells))
+    counts = np.zeros(n_optics)
+    taken = np.zeros(n_optics, dtype=int)
+    r = np.round(radius_grid_2d(ori)).astype(int)
+    npix = np.bincount(r.ravel(), minlength=n_shells)[:n_shells]
+    for sp in stack_particles:
+        og = optics_index[sp.index]
+        if taken[og] >= n_per_group:
+            continue
+        x = centred_rfft(read_images(sp).astype(np.float64), ndim=2)
+        p = (x.real ** 2 + x.imag ** 2).sum(axis=0)
+        ok = r < n_shells
+        sums[og] += np.bincount(r[ok], p[ok], minlength=n_shells)[:n_shells]
+        counts[og] += sp.n_img
+        taken[og] += 1
+    out = []
+    for og in range(n_optics):
+        s = sums[og] / np.maximum(npix * max(counts[og], 1), 1) / 2.0
+        out.append(np.where(s > 0, s, s[s > 0].min() if (s > 0).any() else 1.0))
+    return out
