@@ -1,0 +1,145 @@
+"""sta_refine: convergence on simulated data, MPI equivalence, RELION stacks, bad input."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import mrcfile
+import numpy as np
+import pytest
+
+from sta.commands import reconstruct_particle, refine, subtomo
+from sta.geometry.euler import euler_to_matrix
+from sta.geometry.symmetry import parse_symmetry
+from sta.io.star import read_star
+from tests.conftest import MODELS, REFERENCE, need
+
+REFINE_ARGS = ["--auto_refine", "--split_random_halves", "--i", "Extract/particles.star", "--tomograms",
+               "tomograms.star", "--ref", "Reconstruct/merged.mrc", "--ini_high", "30", "--ctf",
+               "--particle_diameter", "150", "--flatten_solvent", "--zero_mask", "--healpix_order", "3",
+               "--auto_local_healpix_order", "3", "--offset_range", "3", "--offset_step", "1", "--sym", "C6",
+               "--low_resol_join_halves", "40", "--random_seed", "1"]
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """Hexamer (C6), 2 tomograms x 24 particles, poses perturbed by 10° and 5 Å; 2D stacks at
+    bin 2 (8 Å, box 24) extracted at the perturbed poses; reference reconstructed from them."""
+    from sta.simulate.project import SimulationParameters, simulate_project
+
+    model = need(MODELS / "job080.cif")
+    out = tmp_path_factory.mktemp("refine_project")
+    p = SimulationParameters(model=str(model), truth_symmetry="C6", snr=0.1, seed=4, perturb_angles=10,
+                             perturb_offsets=5, tilt_step=4.0, subtomo_fraction=0.3)
+    simulate_project(p, str(out))
+    import os
+
+    cwd = os.getcwd()
+    os.chdir(out)
+    try:
+        assert subtomo.main(["--i", "optimisation_set_perturbed.star", "--b", "24", "--bin", "2", "--stack2d",
+                             "--o", "Extract/", "--j", "1"]) == 0
+        assert reconstruct_particle.main(["--i", "optimisation_set_perturbed.star", "--b", "24", "--bin", "2",
+                                          "--o", "Reconstruct/", "--j", "1"]) == 0
+    finally:
+        os.chdir(cwd)
+    return out
+
+
+def errors(project, data_file, sym="C6"):
+    """Median angular (deg, symmetry-aware) and offset (Å) errors against the truth."""
+    truth = {q["name"]: q for q in json.loads((project / "truth.json").read_text())["particles"]}
+    df = read_star(project / data_file)["particles"].df
+    group = parse_symmetry(sym).matrices
+    ang, off = [], []
+    for _, r in df.iterrows():
+        t = truth[r.rlnTomoParticleName]
+        a_sub = (euler_to_matrix(r.rlnTomoSubtomogramRot, r.rlnTomoSubtomogramTilt, r.rlnTomoSubtomogramPsi)
+                 if "rlnTomoSubtomogramRot" in df.columns else np.eye(3))
+        est = a_sub @ euler_to_matrix(r.rlnAngleRot, r.rlnAngleTilt, r.rlnAnglePsi)
+        m = np.array(t["M"])
+        ang.append(min(np.degrees(np.arccos(np.clip((np.trace(m.T @ est @ g) - 1) / 2, -1, 1))) for g in group))
+        c = np.array([r.rlnCenteredCoordinateXAngst, r.rlnCenteredCoordinateYAngst, r.rlnCenteredCoordinateZAngst])
+        o = np.array([r.rlnOriginXAngst, r.rlnOriginYAngst, r.rlnOriginZAngst])
+        off.append(np.linalg.norm(c - a_sub @ o - np.array(t["centred_A"])))
+    return float(np.median(ang)), float(np.median(off))
+
+
+def test_refinement_recovers_poses(project, monkeypatch, capsys):
+    monkeypatch.chdir(project)
+    a0, o0 = errors(project, "Extract/particles.star")
+    assert 9.0 < a0 < 11.0 and 4.0 < o0 < 6.0  # the perturbation
+    assert refine.main(["--o", "Refine3D/run"] + REFINE_ARGS + ["--iter", "6"]) == 0
+    out = capsys.readouterr().out
+    final = [line for line in out.splitlines() if "Final resolution (without masking) is:" in line]
+    assert final and abs(float(final[0].split()[-1]) - 16.0) < 1e-6  # Nyquist of the bin-2 data
+    a1, o1 = errors(project, "Refine3D/run_data.star")
+    print(f"refinement: median angular error {a0:.2f} -> {a1:.2f} deg, offset error {o0:.2f} -> {o1:.2f} A")
+    assert a1 < 3.0, a1          # from 10° to the order of the fine angular step (0.94°-1.9°)
+    assert o1 < 0.5 * 8.0, o1    # from 5 Å to well below one 8 Å pixel
+    for name in ["run_class001.mrc", "run_half1_class001_unfil.mrc", "run_half2_class001_unfil.mrc",
+                 "run_model.star", "run_data.star", "run_optimiser.star", "run_sampling.star",
+                 "run_optimisation_set.star", "run_it001_half1_class001.mrc", "run_it001_half2_model.star",
+                 "run_it001_data.star", "run_it001_optimiser.star", "run_it001_sampling.star"]:
+        assert (project / "Refine3D" / name).exists(), name
+    model = read_star(project / "Refine3D" / "run_model.star")
+    assert list(model)[:2] == ["model_general", "model_classes"]
+    # the refined poses feed back into the reconstruction
+    assert reconstruct_particle.main(["--p", "Refine3D/run_data.star", "--t", "tomograms.star", "--b", "24",
+                                      "--bin", "2", "--o", "Reconstruct_refined/", "--j", "1"]) == 0
+
+
+@pytest.mark.skipif(shutil.which("mpirun") is None, reason="mpirun not installed")
+def test_one_and_three_ranks_agree(project):
+    maps = {}
+    for np_ in (1, 3):
+        cmd = (["mpirun", "-np", str(np_), sys.executable, "-m", "sta.commands.refine", "--o", f"R{np_}/run"]
+               + REFINE_ARGS + ["--iter", "1"])
+        res = subprocess.run(cmd, cwd=project, capture_output=True, text=True, timeout=600)
+        assert res.returncode == 0, res.stderr[-2000:]
+        maps[np_] = mrcfile.read(project / f"R{np_}" / "run_class001.mrc")
+        assert errors(project, f"R{np_}/run_data.star") == errors(project, "R1/run_data.star")
+    assert np.abs(maps[3] - maps[1]).max() <= 1e-5 * np.abs(maps[1]).max()
+
+
+@pytest.mark.skipif(shutil.which("mpirun") is None, reason="mpirun not installed")
+def test_two_ranks_refused(project):
+    cmd = ["mpirun", "-np", "2", sys.executable, "-m", "sta.commands.refine", "--o", "R2/run"] + REFINE_ARGS
+    res = subprocess.run(cmd, cwd=project, capture_output=True, text=True, timeout=120)
+    assert res.returncode != 0
+    assert "needs 1 or at least 3 MPI ranks" in res.stderr
+
+
+def test_relion_written_stacks(tmp_path, monkeypatch):
+    """Refines RELION's own 2D stacks (conformance set, bin 2) for one iteration."""
+    conf = need(REFERENCE / "conformance" / "Subtomo" / "bin2_float32" / "particles.star").parents[2]
+    need(conf / "Reconstruct" / "bin2_C6" / "merged.mrc")
+    monkeypatch.chdir(conf)
+    out = tmp_path / "run"
+    args = ["--o", str(out), "--auto_refine", "--split_random_halves", "--i", "Subtomo/bin2_float32/particles.star",
+            "--tomograms", "tomograms.star", "--ref", "Reconstruct/bin2_C6/merged.mrc", "--ini_high", "30", "--ctf",
+            "--particle_diameter", "150", "--zero_mask", "--healpix_order", "3", "--auto_local_healpix_order", "3",
+            "--offset_range", "2", "--offset_step", "1", "--sym", "C6", "--iter", "1", "--random_seed", "2"]
+    assert refine.main(args) == 0
+    df = read_star(f"{out}_data.star")["particles"].df
+    assert len(df) == 48 and {"rlnLogLikeliContribution", "rlnMaxValueProbDistribution"} <= set(df.columns)
+
+
+def test_bad_input(project, monkeypatch, capsys):
+    monkeypatch.chdir(project)
+    cases = [(["--K", "2"], "--K 2"), (["--solvent_correct_fsc"], "--solvent_correct_fsc"),
+             (["--gpu"], "--gpu"), (["--sym", "Q3"], "unknown symmetry")]
+    for extra, text in cases:
+        code = refine.main(["--o", "Bad/run"] + REFINE_ARGS + extra)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 1 and len(err) == 1 and text in err[0], err
+    args = [a for a in REFINE_ARGS if a not in ("--tomograms", "tomograms.star")]
+    assert refine.main(["--o", "Bad/run"] + args) == 1
+    assert "--tomograms" in capsys.readouterr().err
+
+
+def test_print_symmetry_ops(capsys):
+    assert refine.main(["--o", "x", "--sym", "D2", "--print_symmetry_ops"]) == 0
+    out = capsys.readouterr().out
+    assert "Using symmetry group D2, with the following 4 transformation matrices" in out
