@@ -3,13 +3,15 @@
 Steps (each a real sta tool run as a separate process, MPI tools under ``mpirun``, from
 inside the project directory as RELION runs them):
 
-  1. sta_simulate              HIV-1 capsid hexamer (C6) or the built-in phantom
-  2. sta_subtomo               (mpirun) 2D-stack pseudo-subtomograms
-  3. sta_reconstruct_particle  (mpirun) reconstruction from the true poses
-  4. sta_mask_create           soft mask from the merged map
-  5. sta_postprocess           gold-standard resolution, and the FSC against the ground truth
-
-Steps whose tool is not installed yet are reported and skipped.
+  1. sta_simulate              HIV-1 capsid hexamer (C6) or the built-in phantom, poses
+                               perturbed by 10° and 5 Å
+  2. sta_subtomo               (mpirun) 2D-stack pseudo-subtomograms at bin 2
+  3. sta_reconstruct_particle  (mpirun) reference from the perturbed poses, bin 2
+  4. sta_refine                (mpirun) gold-standard auto-refine at bin 2
+  5. sta_reconstruct_particle  (mpirun) bin-1 half maps from the refined poses
+  6. sta_mask_create           soft mask from the merged map
+  7. sta_postprocess           gold-standard resolution; then the pose errors and the FSC
+                               against the ground truth
 
 Example:
   sta_demo --o demo --np 3
@@ -57,12 +59,6 @@ def _mpirun(np_):
     return [exe, "-np", str(np_)] if exe and np_ > 1 else []
 
 
-def _have(module):
-    import importlib.util
-
-    return importlib.util.find_spec(f"sta.commands.{module}") is not None
-
-
 def _run(cmd, cwd):
     log.info(" $ %s", " ".join(cmd))
     t0 = time.time()
@@ -83,30 +79,63 @@ def _body(args):
     _run(_tool("sta_simulate") + ["--o", out, "--model", model, "--truth_sym", sym, "--particles",
                                   str(args.particles), "--seed", str(args.seed), "--perturb-angles", "10",
                                   "--perturb-offsets", "5"], cwd=None)
-    steps = [("subtomo", "sta_subtomo"), ("reconstruct_particle", "sta_reconstruct_particle"),
-             ("mask_create", "sta_mask_create"),
-             ("postprocess", "sta_postprocess")]
-    missing = [tool for mod, tool in steps if not _have(mod)]
-    if missing:
-        log.info(" Not available yet in this version, skipped: %s", ", ".join(missing))
-        log.info(" Demo project written to %s", out)
-        return
     mpi = _mpirun(args.np)
-    _run(mpi + _tool("sta_subtomo") + ["--i", "optimisation_set.star", "--b", "48", "--bin", "1", "--stack2d",
-                                       "--float16", "--o", "Extract/job001/", "--j", str(args.j)], cwd=out)
-    _run(mpi + _tool("sta_reconstruct_particle") + ["--i", "optimisation_set.star", "--b", "48", "--bin", "1",
-                                                    "--sym", sym, "--o", "Reconstruct/job001/", "--j",
+    _run(mpi + _tool("sta_subtomo") + ["--i", "optimisation_set_perturbed.star", "--b", "24", "--bin", "2",
+                                       "--stack2d", "--o", "Extract/job001/", "--j", str(args.j)], cwd=out)
+    _run(mpi + _tool("sta_reconstruct_particle") + ["--i", "optimisation_set_perturbed.star", "--b", "24", "--bin",
+                                                    "2", "--sym", sym, "--o", "Reconstruct/job002/", "--j",
                                                     str(args.j)], cwd=out)
-    _run(_tool("sta_mask_create") + ["--i", "Reconstruct/job001/merged.mrc", "--o", "MaskCreate/job002/mask.mrc",
+    text = _run(_mpirun(max(args.np, 3) if args.np > 1 else 1) + _tool("sta_refine") + [
+        "--o", "Refine3D/job003/run", "--auto_refine", "--split_random_halves", "--i", "Extract/job001/particles.star",
+        "--tomograms", "tomograms.star", "--ref", "Reconstruct/job002/merged.mrc", "--ini_high", "30", "--ctf",
+        "--particle_diameter", "150", "--flatten_solvent", "--zero_mask", "--healpix_order", "3",
+        "--auto_local_healpix_order", "3", "--offset_range", "3", "--offset_step", "1", "--sym", sym,
+        "--low_resol_join_halves", "40", "--iter", "8", "--random_seed", "1", "--j", str(args.j)], cwd=out)
+    for line in text.splitlines():
+        if "Final resolution" in line:
+            log.info(" Demo result (refinement, bin 2):%s", line.split(":", 1)[1])
+    _run(mpi + _tool("sta_reconstruct_particle") + ["--p", "Refine3D/job003/run_data.star", "--t", "tomograms.star",
+                                                    "--b", "48", "--bin", "1", "--sym", sym, "--o",
+                                                    "Reconstruct/job004/", "--j", str(args.j)], cwd=out)
+    _run(_tool("sta_mask_create") + ["--i", "Reconstruct/job004/merged.mrc", "--o", "MaskCreate/job005/mask.mrc",
                                      "--lowpass", "15", "--ini_threshold", "0.5", "--extend_inimask", "3",
                                      "--width_soft_edge", "3"], cwd=out)
-    text = _run(_tool("sta_postprocess") + ["--i", "Reconstruct/job001/half1.mrc", "--mask",
-                                            "MaskCreate/job002/mask.mrc", "--o", "PostProcess/job003/postprocess",
+    text = _run(_tool("sta_postprocess") + ["--i", "Reconstruct/job004/half1.mrc", "--mask",
+                                            "MaskCreate/job005/mask.mrc", "--o", "PostProcess/job006/postprocess",
                                             "--auto_bfac", "--autob_lowres", "20"], cwd=out)
     for line in text.splitlines():
         if "FINAL RESOLUTION" in line:
-            log.info(" Demo result: %s", line.strip())
+            log.info(" Demo result (postprocess, bin 1): %s", line.strip())
+    _report_poses(out, sym)
     _report_truth(out)
+
+
+def _report_poses(out, sym):
+    """Median angular and offset errors of the input and refined poses against the truth."""
+    import json
+
+    import numpy as np
+
+    from sta.geometry.euler import euler_to_matrix
+    from sta.geometry.symmetry import parse_symmetry
+    from sta.io.star import read_star
+
+    truth = {q["name"]: q for q in json.load(open(os.path.join(out, "truth.json")))["particles"]}
+    group = parse_symmetry(sym).matrices
+    for label, rel in (("perturbed input", "particles_perturbed.star"), ("refined", "Refine3D/job003/run_data.star")):
+        df = read_star(os.path.join(out, rel))["particles"].df
+        ang, off = [], []
+        for _, r in df.iterrows():
+            t = truth[r.rlnTomoParticleName]
+            a_sub = np.array(t["A_sub"])
+            est = a_sub @ euler_to_matrix(r.rlnAngleRot, r.rlnAngleTilt, r.rlnAnglePsi)
+            m = np.array(t["M"])
+            ang.append(min(np.degrees(np.arccos(np.clip((np.trace(m.T @ est @ g) - 1) / 2, -1, 1))) for g in group))
+            c = np.array([r.rlnCenteredCoordinateXAngst, r.rlnCenteredCoordinateYAngst, r.rlnCenteredCoordinateZAngst])
+            o = np.array([r.rlnOriginXAngst, r.rlnOriginYAngst, r.rlnOriginZAngst])
+            off.append(np.linalg.norm(c - a_sub @ o - np.array(t["centred_A"])))
+        log.info(" Demo result (%s poses): median angular error %.2f deg, median offset error %.2f Å", label,
+                 float(np.median(ang)), float(np.median(off)))
 
 
 def _report_truth(out):
@@ -116,7 +145,7 @@ def _report_truth(out):
     from sta.io.mrc import read_mrc
     from sta.kernels.fsc import fsc
 
-    merged, px = read_mrc(os.path.join(out, "Reconstruct", "job001", "merged.mrc"))
+    merged, px = read_mrc(os.path.join(out, "Reconstruct", "job004", "merged.mrc"))
     truth, _ = read_mrc(os.path.join(out, "ground_truth.mrc"))
     curve = fsc(merged, truth)
     below = np.flatnonzero(curve[1:] < 0.5)
