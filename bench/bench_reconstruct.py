@@ -11,7 +11,6 @@ Usage: python bench/bench_reconstruct.py [--out DIR] [--tomograms 4] [--particle
 """
 
 import argparse
-import os
 import shutil
 import subprocess
 import sys

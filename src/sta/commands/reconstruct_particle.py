@@ -12,6 +12,7 @@ Example:
 
 import logging
 import os
+import sys
 import time
 
 from sta.commands import _cli
@@ -151,6 +152,9 @@ def _write(args, rec, pixel_size):
 
 
 def main(argv=None):
+    from sta.parallel.threads import limit_threads_for_mpi
+
+    limit_threads_for_mpi(sys.argv[1:] if argv is None else argv, option=None)
     from sta.parallel.mpi import world
 
     comm = world()

@@ -158,6 +158,9 @@ def _body(args, comm):
 
 
 def main(argv=None):
+    from sta.parallel.threads import limit_threads_for_mpi
+
+    limit_threads_for_mpi(sys.argv[1:] if argv is None else argv)
     from sta.parallel.mpi import world
 
     comm = world()

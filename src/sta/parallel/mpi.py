@@ -55,6 +55,16 @@ def launched_by_mpi():
     return any(v in os.environ for v in _LAUNCH_VARS)
 
 
+def polite_recv(comm, source, tag, interval=0.005):
+    """Blocking receive that sleeps between probes instead of spinning (the leader must not
+    take a core from the followers while it waits)."""
+    import time
+
+    while not comm.Iprobe(source=source, tag=tag):
+        time.sleep(interval)
+    return comm.recv(source=source, tag=tag)
+
+
 def launched_rank():
     """Rank given by the MPI launcher's environment (0 when not under a launcher)."""
     for var in ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK"):

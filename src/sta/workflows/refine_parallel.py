@@ -14,9 +14,10 @@ import numpy as np
 
 from sta.errors import InputError
 from sta.parallel.batches import make_batches
-from sta.parallel.mpi import DynamicCounter
+from sta.parallel.mpi import DynamicCounter, polite_recv
 
 _TAG_SUMS = 11
+_TAG_RESULTS = 21
 
 
 def check_ranks(comm):
@@ -93,11 +94,11 @@ def _mpi(run):
                 a[...] = buf
             if sub.Get_rank() == 0:
                 comm.send(arrays, dest=0, tag=_TAG_SUMS + h)
-        gathered = comm.gather(results, root=0)
+            comm.send(results, dest=0, tag=_TAG_RESULTS)
         if rank == 0:
             merged = {}
-            for part in gathered:
-                merged.update(part)
+            for source in range(1, comm.Get_size()):
+                merged.update(polite_recv(comm, source, _TAG_RESULTS))
             run.apply_results(merged)
         _broadcast_state(run, comm)
         return sums_out
@@ -108,7 +109,7 @@ def _mpi(run):
 def _leader_receive(run, comm):
     out = []
     for h in range(2):
-        arrays = comm.recv(source=1 + h, tag=_TAG_SUMS + h)
+        arrays = polite_recv(comm, 1 + h, _TAG_SUMS + h)
         sums = run.new_sums(h)
         sums.set_arrays(arrays)
         out.append(sums)

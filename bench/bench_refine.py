@@ -1,0 +1,80 @@
+"""Benchmark sta_refine (issue 4): seconds per iteration and per particle at two box sizes,
+peak RSS per rank, and parallel efficiency on 1, 3 and 5 ranks.
+
+Simulates the hexamer (C6) with poses perturbed by 10° / 5 Å, extracts 2D stacks at bin 2
+(box 24, 8 Å) and bin 1 (box 48, 4 Å), reconstructs references, and runs a fixed number of
+local-search iterations.  Prints numbers from one run; nothing is asserted.
+
+Usage: python bench/bench_refine.py [--out DIR] [--tomograms 2] [--particles 24] [--iter 2]
+"""
+
+import argparse
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+SHARED = HERE.parent.parent / "shared"
+
+
+def measure(cmd, cwd):
+    out = subprocess.run([sys.executable, str(HERE / "_measure.py")] + cmd, cwd=cwd, capture_output=True, text=True)
+    vals = out.stdout.split()
+    res = dict(zip(vals[::2], (float(v) for v in vals[1::2])))
+    if res.get("rc", 1) != 0:
+        raise SystemExit(f"failed ({out.stderr[-500:]}): {' '.join(cmd)}")
+    return res
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default=str(HERE / "out" / "refine"))
+    ap.add_argument("--tomograms", type=int, default=2)
+    ap.add_argument("--particles", type=int, default=24)
+    ap.add_argument("--iter", type=int, default=2)
+    args = ap.parse_args()
+    out = Path(args.out)
+    if out.exists():
+        shutil.rmtree(out)
+    model = SHARED / "data" / "models" / "job080.cif"
+    measure(["sta_simulate", "--o", str(out), "--model", str(model), "--truth_sym", "C6", "--n_tomograms",
+             str(args.tomograms), "--particles", str(args.particles), "--perturb-angles", "10",
+             "--perturb-offsets", "5"], None)
+    n = args.tomograms * args.particles
+    for box, binning in ((24, 2), (48, 1)):
+        measure(["sta_subtomo", "--i", "optimisation_set_perturbed.star", "--b", str(box), "--bin", str(binning),
+                 "--stack2d", "--o", f"Extract/b{box}/"], out)
+        measure(["sta_reconstruct_particle", "--i", "optimisation_set_perturbed.star", "--b", str(box), "--bin",
+                 str(binning), "--o", f"Reconstruct/b{box}/"], out)
+    print(f"project: {n} particles, 41 tilts, C6, local searches (healpix 3), {args.iter} iterations + final")
+    rows = {}
+    for box, ranks in ((24, 1), (48, 1), (24, 3), (24, 5)):
+        cmd = (["mpirun", "-np", str(ranks)] if ranks > 1 else []) + [
+            "sta_refine", "--o", f"Refine/b{box}_np{ranks}/run", "--auto_refine", "--split_random_halves", "--i",
+            f"Extract/b{box}/particles.star", "--tomograms", "tomograms.star", "--ref", f"Reconstruct/b{box}/merged.mrc",
+            "--ini_high", "30", "--ctf", "--particle_diameter", "150", "--flatten_solvent", "--zero_mask",
+            "--healpix_order", "3", "--auto_local_healpix_order", "3", "--offset_range", "3", "--offset_step", "1",
+            "--sym", "C6", "--iter", str(args.iter), "--random_seed", "1"]
+        r = measure(cmd, out)
+        iters = args.iter + 1
+        rows[(box, ranks)] = r
+        print(f"box {box:3d} ranks {ranks}: wall {r['wall_s']:7.1f} s, {r['wall_s'] / iters:6.1f} s/iteration, "
+              f"{r['wall_s'] / iters / n * 1000:6.1f} ms per particle-iteration, peak RSS (largest rank) "
+              f"{r['peak_rss_mb']:6.1f} MB")
+    t1 = rows[(24, 1)]["wall_s"]
+    for ranks in (3, 5):
+        followers = ranks - 1
+        t = rows[(24, ranks)]["wall_s"]
+        print(f"parallel efficiency 1 -> {ranks} ranks ({followers} followers): speed-up {t1 / t:.2f}x, "
+              f"efficiency per follower {t1 / t / followers:.2f} (on {_cores()} cores)")
+
+
+def _cores():
+    import os
+
+    return len(os.sched_getaffinity(0))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,22 @@
+"""Thread limits set by entry points before NumPy is imported (stdlib only on purpose:
+importing NumPy here would load BLAS before the limits take effect)."""
+
+import os
+
+
+def limit_threads_for_mpi(argv, option="--j"):
+    """Under an MPI launcher with several ranks, cap BLAS/OpenMP threads per rank at ``--j``
+    (default 1; ``option=None``: always 1) unless the user set them, so that ranks × BLAS
+    threads do not oversubscribe the node (OpenBLAS threads spin and slow everything down
+    by an order of magnitude).  Call from an entry point before NumPy is imported."""
+    size = int(os.environ.get("PMI_SIZE", os.environ.get("OMPI_COMM_WORLD_SIZE", "1")) or 1)
+    if size <= 1:
+        return
+    threads = "1"
+    argv = list(argv)
+    if option is not None and option in argv:
+        k = argv.index(option)
+        if k + 1 < len(argv) and argv[k + 1].isdigit():
+            threads = argv[k + 1]
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, threads)
