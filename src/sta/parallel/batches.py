@@ -2,9 +2,11 @@
 
 Work is split by tomogram into batches of particles, so ranks beyond the number of
 tomograms still help.  Every rank computes the same batch list from the metadata; a
-:class:`~sta.parallel.mpi.DynamicCounter` hands out batch indices across ranks, and a
-lock makes it safe for the threads of one rank.  Tilt series are cached per rank (one
-copy shared by its threads).
+:class:`~sta.parallel.mpi.DynamicCounter` on rank 0 hands out batch indices to the other
+ranks (rank 0 only serves the counter and reports progress: passive-target RMA needs its
+owner to keep entering MPI), and a lock makes it safe for the threads of one rank.  With
+one rank that rank does all the work.  Tilt series are cached per rank (one copy shared by
+its threads).
 """
 
 import collections
@@ -103,7 +105,17 @@ def run_batches(comm, batches, process, make_state, n_threads=1, label="Particle
                     progress.update(starts[min(i + 1, len(batches))])
         return state
 
-    if n_threads <= 1:
+    if comm.Get_size() > 1 and comm.Get_rank() == 0:
+        # the leader hands out batches: it keeps the shared counter progressing and reports
+        n_workers = (comm.Get_size() - 1) * n_threads
+
+        def report(value):
+            if is_leader:
+                progress.update(starts[min(value, len(batches))])
+
+        counter.serve(len(batches) + n_workers, report)
+        states = [make_state()]
+    elif n_threads <= 1:
         states = [worker()]
     else:
         with concurrent.futures.ThreadPoolExecutor(n_threads) as pool:

@@ -133,6 +133,27 @@ class DynamicCounter:
         self.win.Unlock(0)
         return int(result[0])
 
+    def serve(self, total_calls, on_progress=None, interval=0.002):
+        """Rank 0 of a multi-rank job: keep MPI progressing (passive-target RMA needs the
+        target to enter MPI) until ``total_calls`` calls of :meth:`next` were made, sleeping
+        between polls so that it takes no core from the workers."""
+        import time
+
+        MPI = self._MPI
+        rank = self.comm.Get_rank()
+        last = -1
+        while True:
+            self.win.Lock(rank, MPI.LOCK_EXCLUSIVE)
+            value = int(np.frombuffer(self.win.tomemory(), dtype=np.int64)[0])
+            self.win.Unlock(rank)
+            if on_progress is not None and value != last:
+                on_progress(value)
+                last = value
+            if value >= total_calls:
+                return
+            self.comm.Iprobe()
+            time.sleep(interval)
+
     def free(self):
         if not self.serial:
             self.comm.Barrier()
