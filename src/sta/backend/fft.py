@@ -8,6 +8,7 @@ Engines: ``numpy`` (always), ``pyfftw`` (plans cached by pyFFTW's interface cach
 ``threads`` honoured), ``cupy`` (cuFFT; plans cached by CuPy).
 """
 
+import contextlib
 import functools
 import os
 
@@ -16,6 +17,19 @@ import numpy as np
 from sta.backend.config import pyfftw_available
 
 _THREADS = [1]
+_OVERRIDE = [None]
+
+
+@contextlib.contextmanager
+def use_fft_engine(name):
+    """Temporarily make ``name`` the NumPy-array FFT engine (e.g. "numpy" where results must
+    be bit-identical from run to run: pyFFTW's plans may differ in the last bit)."""
+    old = _OVERRIDE[0]
+    _OVERRIDE[0] = name
+    try:
+        yield
+    finally:
+        _OVERRIDE[0] = old
 
 
 def set_fft_threads(n):
@@ -111,7 +125,7 @@ def get_fft(xp=np, name=None):
     if xp is not np:
         return _engine("cupy")
     if name is None:
-        name = os.environ.get("STA_FFT") or ("pyfftw" if pyfftw_available() else "numpy")
+        name = _OVERRIDE[0] or os.environ.get("STA_FFT") or ("pyfftw" if pyfftw_available() else "numpy")
     if name not in ("numpy", "pyfftw"):
         raise ValueError(f"unknown FFT engine {name!r} for NumPy arrays (expected numpy or pyfftw)")
     return _engine(name)

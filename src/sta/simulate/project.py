@@ -237,6 +237,14 @@ def _ground_truth(params):
 
 
 def simulate_project(params, out_dir, volume=None, progress=None):
+    """See :func:`_simulate_project`; runs with NumPy's FFT so that a seed gives identical bytes."""
+    from sta.backend.fft import use_fft_engine
+
+    with use_fft_engine("numpy"):
+        return _simulate_project(params, out_dir, volume, progress)
+
+
+def _simulate_project(params, out_dir, volume=None, progress=None):
     """Write a RELION-5 project with known truth into ``out_dir``; return the truth dict.
 
     Parameters
