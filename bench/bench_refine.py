@@ -10,21 +10,11 @@ Usage: python bench/bench_refine.py [--out DIR] [--tomograms 2] [--particles 24]
 
 import argparse
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-SHARED = HERE.parent.parent / "shared"
-
-
-def measure(cmd, cwd):
-    out = subprocess.run([sys.executable, str(HERE / "_measure.py")] + cmd, cwd=cwd, capture_output=True, text=True)
-    vals = out.stdout.split()
-    res = dict(zip(vals[::2], (float(v) for v in vals[1::2])))
-    if res.get("rc", 1) != 0:
-        raise SystemExit(f"failed ({out.stderr[-500:]}): {' '.join(cmd)}")
-    return res
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import HERE, SHARED, measure  # noqa: E402
 
 
 def main():

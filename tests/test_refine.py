@@ -1,6 +1,5 @@
 """sta_refine: convergence on simulated data, MPI equivalence, RELION stacks, bad input."""
 
-import json
 import shutil
 import subprocess
 import sys
@@ -10,9 +9,8 @@ import numpy as np
 import pytest
 
 from sta.commands import reconstruct_particle, refine, subtomo
-from sta.geometry.euler import euler_to_matrix
-from sta.geometry.symmetry import parse_symmetry
 from sta.io.star import read_star
+from sta.simulate.evaluate import pose_errors
 from tests.conftest import MODELS, REFERENCE, need
 
 REFINE_ARGS = ["--auto_refine", "--split_random_halves", "--i", "Extract/particles.star", "--tomograms",
@@ -49,20 +47,7 @@ def project(tmp_path_factory):
 
 def errors(project, data_file, sym="C6"):
     """Median angular (deg, symmetry-aware) and offset (Å) errors against the truth."""
-    truth = {q["name"]: q for q in json.loads((project / "truth.json").read_text())["particles"]}
-    df = read_star(project / data_file)["particles"].df
-    group = parse_symmetry(sym).matrices
-    ang, off = [], []
-    for _, r in df.iterrows():
-        t = truth[r.rlnTomoParticleName]
-        a_sub = (euler_to_matrix(r.rlnTomoSubtomogramRot, r.rlnTomoSubtomogramTilt, r.rlnTomoSubtomogramPsi)
-                 if "rlnTomoSubtomogramRot" in df.columns else np.eye(3))
-        est = a_sub @ euler_to_matrix(r.rlnAngleRot, r.rlnAngleTilt, r.rlnAnglePsi)
-        m = np.array(t["M"])
-        ang.append(min(np.degrees(np.arccos(np.clip((np.trace(m.T @ est @ g) - 1) / 2, -1, 1))) for g in group))
-        c = np.array([r.rlnCenteredCoordinateXAngst, r.rlnCenteredCoordinateYAngst, r.rlnCenteredCoordinateZAngst])
-        o = np.array([r.rlnOriginXAngst, r.rlnOriginYAngst, r.rlnOriginZAngst])
-        off.append(np.linalg.norm(c - a_sub @ o - np.array(t["centred_A"])))
+    ang, off = pose_errors(str(project), data_file, sym)
     return float(np.median(ang)), float(np.median(off))
 
 

@@ -112,28 +112,12 @@ def _body(args):
 
 def _report_poses(out, sym):
     """Median angular and offset errors of the input and refined poses against the truth."""
-    import json
-
     import numpy as np
 
-    from sta.geometry.euler import euler_to_matrix
-    from sta.geometry.symmetry import parse_symmetry
-    from sta.io.star import read_star
+    from sta.simulate.evaluate import pose_errors
 
-    truth = {q["name"]: q for q in json.load(open(os.path.join(out, "truth.json")))["particles"]}
-    group = parse_symmetry(sym).matrices
     for label, rel in (("perturbed input", "particles_perturbed.star"), ("refined", "Refine3D/job003/run_data.star")):
-        df = read_star(os.path.join(out, rel))["particles"].df
-        ang, off = [], []
-        for _, r in df.iterrows():
-            t = truth[r.rlnTomoParticleName]
-            a_sub = np.array(t["A_sub"])
-            est = a_sub @ euler_to_matrix(r.rlnAngleRot, r.rlnAngleTilt, r.rlnAnglePsi)
-            m = np.array(t["M"])
-            ang.append(min(np.degrees(np.arccos(np.clip((np.trace(m.T @ est @ g) - 1) / 2, -1, 1))) for g in group))
-            c = np.array([r.rlnCenteredCoordinateXAngst, r.rlnCenteredCoordinateYAngst, r.rlnCenteredCoordinateZAngst])
-            o = np.array([r.rlnOriginXAngst, r.rlnOriginYAngst, r.rlnOriginZAngst])
-            off.append(np.linalg.norm(c - a_sub @ o - np.array(t["centred_A"])))
+        ang, off = pose_errors(out, rel, sym)
         log.info(" Demo result (%s poses): median angular error %.2f deg, median offset error %.2f Å", label,
                  float(np.median(ang)), float(np.median(off)))
 
