@@ -124,7 +124,9 @@ def test_bad_input(project, monkeypatch, capsys):
     assert "--tomograms" in capsys.readouterr().err
 
 
-def test_print_symmetry_ops(capsys):
+def test_print_symmetry_ops(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     assert refine.main(["--o", "x", "--sym", "D2", "--print_symmetry_ops"]) == 0
     out = capsys.readouterr().out
     assert "Using symmetry group D2, with the following 4 transformation matrices" in out
+    assert not (tmp_path / "note.txt").exists()

@@ -167,7 +167,7 @@ def main(argv=None):
     parser = _cli.make_parser(PROG, __doc__)
     add_args(parser)
     return _cli.run(PROG, parser, lambda args: _body(args, comm), argv,
-                    note_dir=lambda a: os.path.dirname(a.o) or ".", comm=comm)
+                    note_dir=lambda a: None if a.print_symmetry_ops else (os.path.dirname(a.o) or "."), comm=comm)
 
 
 if __name__ == "__main__":
