@@ -23,6 +23,13 @@ def need(path):
     return Path(path)
 
 
+def one_error_line(capsys):
+    """The captured stderr is exactly one line starting with ``ERROR:``; returns it."""
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("ERROR:"), err
+    return err[0]
+
+
 @pytest.fixture
 def chdir_tmp(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

@@ -9,6 +9,7 @@ import pytest
 
 from sta.commands.mask_create import main
 from sta.io.mrc import write_mrc
+from tests.conftest import one_error_line
 
 CONFORMANCE = Path(__file__).resolve().parents[2] / "shared" / "data" / "relion-reference" / "conformance"
 
@@ -25,12 +26,6 @@ def _conformance():
     if not (CONFORMANCE / "MaskCreate").is_dir():
         pytest.skip(f"RELION conformance data not found at {CONFORMANCE}")
     return CONFORMANCE
-
-
-def _one_error_line(capsys):
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("ERROR:"), err
-    return err[0]
 
 
 @pytest.mark.parametrize("name", sorted(README_COMMANDS))
@@ -118,11 +113,11 @@ def test_bad_input_one_line(tmp_path, capsys):
     a, _ = _blob_maps(tmp_path)
     write_mrc(tmp_path / "small.mrc", np.zeros((8, 8, 8)), 3.0)
     assert main(["--i", str(tmp_path / "missing.mrc"), "--o", str(tmp_path / "m.mrc")]) == 1
-    assert "missing.mrc" in _one_error_line(capsys)
+    assert "missing.mrc" in one_error_line(capsys)
     assert main(["--i", str(tmp_path / "a.mrc"), "--and", str(tmp_path / "small.mrc"), "--angpix", "3",
                  "--o", str(tmp_path / "m.mrc")]) == 1
-    assert "small.mrc" in _one_error_line(capsys)
+    assert "small.mrc" in one_error_line(capsys)
     assert main(["--denovo", "--o", str(tmp_path / "m.mrc")]) == 1
-    assert "--box_size" in _one_error_line(capsys)
+    assert "--box_size" in one_error_line(capsys)
     assert main(["--o", str(tmp_path / "m.mrc")]) == 1
-    assert "--i" in _one_error_line(capsys)
+    assert "--i" in one_error_line(capsys)

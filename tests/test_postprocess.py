@@ -14,6 +14,7 @@ from sta.io.star import list_table, loop_table, read_star, write_star
 from sta.kernels import filters
 from sta.kernels import fsc as fsck
 from sta.workflows.mask import mask_from_map
+from tests.conftest import one_error_line
 
 CONFORMANCE = Path(__file__).resolve().parents[2] / "shared" / "data" / "relion-reference" / "conformance"
 
@@ -33,12 +34,6 @@ def _conformance():
     if not (CONFORMANCE / "PostProcess").is_dir():
         pytest.skip(f"RELION conformance data not found at {CONFORMANCE}")
     return CONFORMANCE
-
-
-def _one_error_line(capsys):
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("ERROR:"), err
-    return err[0]
 
 
 @pytest.mark.parametrize("variant", sorted(README_COMMANDS))
@@ -198,30 +193,30 @@ def test_bad_input_one_line(halves, tmp_path, capsys):
     lonely.mkdir()
     os.symlink(h1, lonely / "x_half1.mrc")
     assert main(["--i", str(lonely / "x_half1.mrc")] + out) == 1
-    assert "x_half2.mrc" in _one_error_line(capsys)
+    assert "x_half2.mrc" in one_error_line(capsys)
     # mask values outside [0, 1]
     bad_mask = _write_map(tmp_path / "badmask.mrc", np.full((32, 32, 32), 1.5))
     assert main(["--i", h1, "--mask", bad_mask] + out) == 1
-    line = _one_error_line(capsys)
+    line = one_error_line(capsys)
     assert "badmask.mrc" in line and "[0, 1]" in line
     # maps of different sizes
     small = _write_map(tmp_path / "small_half2.mrc", np.zeros((24, 24, 24)))
     assert main(["--i", h1, "--i2", small] + out) == 1
-    assert "differ in size" in _one_error_line(capsys)
+    assert "differ in size" in one_error_line(capsys)
     # NaN in a map
     nan_map = np.zeros((32, 32, 32), np.float32)
     nan_map[3, 4, 5] = np.nan
     nan_path = _write_map(tmp_path / "nan_half2.mrc", nan_map)
     assert main(["--i", h1, "--i2", nan_path] + out) == 1
-    assert "nan_half2.mrc" in _one_error_line(capsys)
+    assert "nan_half2.mrc" in one_error_line(capsys)
     # a name without half1/half2 and no --i2; contradictory B-factor options
     assert main(["--i", _write_map(tmp_path / "map.mrc", np.zeros((32, 32, 32)))] + out) == 1
-    assert "--i2" in _one_error_line(capsys)
+    assert "--i2" in one_error_line(capsys)
     assert main(["--i", h1, "--auto_bfac", "--adhoc_bfac", "-100"] + out) == 1
-    assert "--adhoc_bfac" in _one_error_line(capsys)
+    assert "--adhoc_bfac" in one_error_line(capsys)
     # mask of another size
     assert main(["--i", h1, "--mask", small] + out) == 1
-    assert "mask size" in _one_error_line(capsys)
+    assert "mask size" in one_error_line(capsys)
 
 
 def test_same_seed_same_star(halves, tmp_path):

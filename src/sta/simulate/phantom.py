@@ -10,6 +10,7 @@ import os
 import numpy as np
 
 from sta.errors import InputError
+from sta.kernels.filters import raised_cosine_sphere
 from sta.kernels.fourier import radius_grid_3d
 
 
@@ -73,15 +74,6 @@ def lowpass(volume, pixel_size, resolution, edge_shells=2.0):
     return np.fft.fftshift(np.fft.irfftn(ft * filt, s=volume.shape, axes=(0, 1, 2)))
 
 
-def soft_sphere(box, radius, edge):
-    """Soft spherical mask (radius and edge in voxels) centred on ``box//2``."""
-    c = box // 2
-    z, y, x = np.ogrid[:box, :box, :box]
-    r = np.sqrt((x - c) ** 2 + (y - c) ** 2 + (z - c) ** 2)
-    return np.where(r < radius, 1.0, np.where(r > radius + edge, 0.0,
-                                               0.5 + 0.5 * np.cos(np.pi * (r - radius) / max(edge, 1e-9))))
-
-
 def symmetrize(volume, group):
     """Average ``volume`` over the rotations of a symmetry group (cubic interpolation)."""
     from scipy.ndimage import affine_transform
@@ -127,7 +119,7 @@ def atomic_model_map(path, box, pixel_size, resolution, centre="auto", symmetry=
     if symmetry is not None and len(symmetry.matrices) > 1:
         vol = symmetrize(vol, symmetry)
     rad = (box / 2 - 3) if radius is None else radius / pixel_size
-    vol *= soft_sphere(box, rad - 2, 3)
+    vol *= raised_cosine_sphere((box,) * 3, rad - 2, rad + 1)
     vol = lowpass(vol, pixel_size, resolution)
     return vol / np.abs(vol).max()
 
@@ -152,5 +144,5 @@ def chiral_phantom(box, pixel_size, resolution=None):
         vol += w * np.exp(-((x - px) ** 2 + (y - py) ** 2 + (z - pz) ** 2) * pixel_size ** 2 / (2 * s * s))
     if resolution:
         vol = lowpass(vol, pixel_size, resolution)
-    vol *= soft_sphere(box, box / 2 - 4, 3)
+    vol *= raised_cosine_sphere((box,) * 3, box / 2 - 4, box / 2 - 1)
     return vol / np.abs(vol).max()

@@ -20,6 +20,7 @@ from sta.geometry.healpix import OrientationSampling
 from sta.kernels import fourier_insert as fi
 from sta.kernels import likelihood as lk
 from sta.kernels.filters import lowpass_map
+from sta.kernels.fsc import resolution_shell
 from sta.parallel.progress import Progress
 from sta.workflows.refine import HalfModel, RefineEngine, initial_sigma2
 from sta.workflows.refine_schedule import AutoRefine, Sampling, coarse_image_size, current_image_size
@@ -66,12 +67,6 @@ def symmetric_angular_distance(a, b, group):
         d = angular_distance(a, b @ r)
         best = d if best is None else np.minimum(best, d)
     return best
-
-
-def resolution_shell(fsc, threshold=0.143):
-    """Last shell before the FSC first drops below ``threshold`` (at least 1)."""
-    below = np.flatnonzero(fsc[1:] < threshold)
-    return int(below[0]) if below.size else len(fsc) - 1
 
 
 class AutoRefinement:
