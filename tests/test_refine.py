@@ -51,12 +51,29 @@ def errors(project, data_file, sym="C6"):
     return float(np.median(ang)), float(np.median(off))
 
 
-def test_refinement_recovers_poses(project, monkeypatch, capsys):
+@pytest.fixture(scope="module")
+def refined(project):
+    """The project refined for 6 iterations (+ the final one) into Refine3D/run; returns its stdout."""
+    import contextlib
+    import io
+    import os
+
+    cwd = os.getcwd()
+    os.chdir(project)
+    buf = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(buf):
+            assert refine.main(["--o", "Refine3D/run"] + REFINE_ARGS + ["--iter", "6"]) == 0
+    finally:
+        os.chdir(cwd)
+    return buf.getvalue()
+
+
+def test_refinement_recovers_poses(project, refined, monkeypatch):
     monkeypatch.chdir(project)
     a0, o0 = errors(project, "Extract/particles.star")
     assert 9.0 < a0 < 11.0 and 4.0 < o0 < 6.0  # the perturbation
-    assert refine.main(["--o", "Refine3D/run"] + REFINE_ARGS + ["--iter", "6"]) == 0
-    out = capsys.readouterr().out
+    out = refined
     final = [line for line in out.splitlines() if "Final resolution (without masking) is:" in line]
     assert final and abs(float(final[0].split()[-1]) - 16.0) < 1e-6  # Nyquist of the bin-2 data
     a1, o1 = errors(project, "Refine3D/run_data.star")
@@ -73,6 +90,27 @@ def test_refinement_recovers_poses(project, monkeypatch, capsys):
     # the refined poses feed back into the reconstruction
     assert reconstruct_particle.main(["--p", "Refine3D/run_data.star", "--t", "tomograms.star", "--b", "24",
                                       "--bin", "2", "--o", "Reconstruct_refined/", "--j", "1"]) == 0
+
+
+def test_continue_reproduces_the_run(project, refined, monkeypatch, capsys):
+    """--continue from iteration 4 finishes with exactly the uninterrupted run's map and poses."""
+    monkeypatch.chdir(project)
+    assert refine.main(["--continue", "Refine3D/run_it004_optimiser.star", "--o", "Refine3D/run_ct4"]) == 0
+    assert "Continuing from iteration 4" in capsys.readouterr().out
+    assert not (project / "Refine3D" / "run_ct4_it004_data.star").exists()
+    assert (project / "Refine3D" / "run_ct4_it005_data.star").exists()
+    a = mrcfile.read(project / "Refine3D" / "run_class001.mrc")
+    b = mrcfile.read(project / "Refine3D" / "run_ct4_class001.mrc")
+    assert np.array_equal(a, b)
+    da = read_star(project / "Refine3D" / "run_data.star")["particles"].df
+    db = read_star(project / "Refine3D" / "run_ct4_data.star")["particles"].df
+    cols = ["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi", "rlnOriginXAngst", "rlnOriginYAngst", "rlnOriginZAngst"]
+    assert np.array_equal(da[cols].to_numpy(), db[cols].to_numpy())
+    # a RELION optimiser file without sta's state is refused with one line
+    (project / "Foreign").mkdir(exist_ok=True)
+    shutil.copy(project / "Refine3D" / "run_it004_optimiser.star", project / "Foreign" / "run_it004_optimiser.star")
+    assert refine.main(["--continue", "Foreign/run_it004_optimiser.star", "--o", "Foreign/run_ct4"]) == 1
+    assert "run_it004_sta_state.npz is missing" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(shutil.which("mpirun") is None, reason="mpirun not installed")

@@ -55,8 +55,11 @@ def _references(args, box, pixel_size):
     return maps
 
 
-def build_refinement(args, comm, command_line):
-    """Read inputs and return ``(AutoRefinement, RefineWriter)``."""
+def build_refinement(args, comm, argv, resume=None):
+    """Read inputs and return ``(AutoRefinement, RefineWriter)``; ``resume`` is a
+    :class:`~sta.workflows.refine_checkpoint.Checkpoint` for ``--continue``."""
+    import shlex
+
     from sta.io.particles import ParticleSet
     from sta.io.tomograms import TomogramSet
     from sta.io.trajectories import TrajectorySet
@@ -77,7 +80,7 @@ def build_refinement(args, comm, command_line):
         raise InputError(f"{particles_file}: all optics groups must share one rlnImageSize and rlnImagePixelSize "
                          f"(found {sorted(boxes)}, {sorted(pixel_sizes)})")
     box, px = boxes.pop(), pixel_sizes.pop()
-    refs = _references(args, box, px)
+    refs = _references(args, box, px) if resume is None else None
     seed = args.random_seed
     if seed < 0:
         seed = int(time.time()) if comm.Get_rank() == 0 else 0
@@ -98,7 +101,7 @@ def build_refinement(args, comm, command_line):
     if not args.ctf:
         log.warning(" WARNING: --ctf not given: the CTF of the (premultiplied) stacks is ignored, as in RELION")
     run = AutoRefinement(params, particles, sps, refs, px, comm=comm,
-                         check_abort=lambda: _check_abort(args))
+                         check_abort=lambda: _check_abort(args), resume=resume)
     if args.solvent_mask:
         from sta.io.mrc import read_mrc
 
@@ -109,7 +112,8 @@ def build_refinement(args, comm, command_line):
             raise InputError(f"{args.solvent_mask}: mask values must lie in [0, 1] "
                              f"(found {mask.min():.3g} to {mask.max():.3g})")
         run.set_solvent_mask(mask)
-    writer = RefineWriter(args.o, particles, tomograms_file, trajectories_file, command_line, ios)
+    command_line = " ".join(shlex.quote(a) for a in argv)
+    writer = RefineWriter(args.o, particles, tomograms_file, trajectories_file, command_line, ios, argv=argv)
     return run, writer
 
 

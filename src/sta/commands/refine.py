@@ -21,7 +21,6 @@ Example:
 
 import logging
 import os
-import shlex
 import sys
 
 from sta.commands import _cli
@@ -36,7 +35,7 @@ NO_EFFECT = {"pool": 1, "dont_combine_weights_via_disc": 0, "preread_images": 0,
              "onthefly_shifts": 0, "verb": 1, "norm": 0, "no_norm": 0, "trust_ref_size": 0, "cpu": 0,
              "free_gpu_memory": 1, "dont_check_norm": 0, "random_halves": 0}
 # RELION options that change the result and are not implemented yet: refused by name
-REFUSED = {"solvent_correct_fsc": 0, "solvent_mask2": 1, "continue": 1, "blush": 0, "denovo_3dref": 0,
+REFUSED = {"solvent_correct_fsc": 0, "solvent_mask2": 1, "blush": 0, "denovo_3dref": 0,
            "grad": 0, "helix": 0, "local_symmetry": 1, "tau": 1, "relax_sym": 1, "bimodal_psi": 0,
            "skip_rotate": 0, "offset_range_x": 1, "offset_range_y": 1, "offset_range_z": 1,
            "ctf_intact_first_peak": 0, "pad_ctf": 0, "fast_subsets": 0, "external_reconstruct": 0,
@@ -52,6 +51,9 @@ def add_args(parser):
     g.add_argument("--trajectories", default="", help="trajectory set (motion.star)")
     g.add_argument("--ios", default="", help="tomo optimisation set: fills --i, --tomograms, --trajectories")
     g.add_argument("--o", required=True, help="output rootname, e.g. Refine3D/job001/run")
+    g.add_argument("--continue", dest="continue_from", default="",
+                   help="continue from this run_itNNN_optimiser.star of an sta_refine run (its other options are "
+                        "taken from that run; options given here override them)")
     g.add_argument("--iter", type=int, default=-1, help="maximum number of iterations (-1: until convergence)")
     g.add_argument("--tau2_fudge", type=float, default=-1.0, help="regularisation parameter (-1: 1)")
     g.add_argument("--K", type=int, default=1, help="number of references (only 1)")
@@ -136,19 +138,46 @@ def _check_flags(args):
         raise InputError(f"--oversampling {args.oversampling}: only 0 or 1 are supported")
 
 
-def _body(args, comm):
+def _continued(args, argv):
+    """``--continue``: the original run's arguments, overridden by the ones given now."""
+    from sta.workflows.refine_checkpoint import load
+
+    ck = load(args.continue_from)
+    given = []
+    skip = False
+    for tok in argv:
+        if skip:
+            skip = False
+        elif tok == "--continue":
+            skip = True
+        elif not tok.startswith("--continue="):
+            given.append(tok)
+    merged = ck.argv + given
+    parser = _cli.make_parser(PROG, __doc__)
+    add_args(parser)
+    new = parser.parse_args(merged)
+    new.random_seed = int(ck.meta["seed"])
+    new.continue_from = args.continue_from
+    log.info(" Continuing from iteration %d of %s", ck.iteration, args.continue_from)
+    return new, merged, ck
+
+
+def _body(args, comm, argv):
     from sta.backend import set_fft_threads
     from sta.workflows.refine_parallel import check_ranks
 
     if args.print_symmetry_ops:
         _print_symmetry(args.sym)
         return
+    resume = None
+    if args.continue_from:
+        args, argv, resume = _continued(args, argv)
     _check_flags(args)
     check_ranks(comm)
     set_fft_threads(args.j)
     from sta.commands._refine_setup import build_refinement
 
-    run, writer = build_refinement(args, comm, " ".join(shlex.quote(a) for a in sys.argv[1:]))
+    run, writer = build_refinement(args, comm, argv, resume)
     run.writer = writer if comm.Get_rank() == 0 else None
     run.run()
     if comm.Get_rank() == 0:
@@ -166,7 +195,8 @@ def main(argv=None):
     comm = world()
     parser = _cli.make_parser(PROG, __doc__)
     add_args(parser)
-    return _cli.run(PROG, parser, lambda args: _body(args, comm), argv,
+    given = list(sys.argv[1:] if argv is None else argv)
+    return _cli.run(PROG, parser, lambda args: _body(args, comm, given), argv,
                     note_dir=lambda a: None if a.print_symmetry_ops else (os.path.dirname(a.o) or "."), comm=comm)
 
 

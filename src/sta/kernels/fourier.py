@@ -78,3 +78,19 @@ def phase_shift_2d(box, shift_xy, xp=np):
     sx = s[..., 0][..., None, None]
     sy = s[..., 1][..., None, None]
     return xp.exp(-2j * np.pi * (kx * sx + ky * sy) / box)
+
+
+def fourier_crop_volume(volume, new_box):
+    """Cube cropped in Fourier space to ``new_box`` (binning by ``box/new_box``), keeping the
+    real-space origin at ``N//2`` and the greyscale (mean) of the map."""
+    xp = get_array_module(volume)
+    box = volume.shape[0]
+    if new_box == box:
+        return volume.copy()
+    if new_box > box:
+        raise ValueError(f"cannot crop a {box}-voxel map to {new_box}")
+    f = xp.fft.fftshift(xp.fft.fftn(xp.fft.ifftshift(volume)))
+    lo = box // 2 - new_box // 2
+    sl = slice(lo, lo + new_box)
+    g = f[sl, sl, sl] * (float(new_box) / box) ** 3
+    return xp.real(xp.fft.fftshift(xp.fft.ifftn(xp.fft.ifftshift(g))))

@@ -38,3 +38,34 @@ def pose_errors(project_dir, data_star, symmetry="C1"):
         o = np.array([r.get("rlnOriginXAngst", 0.0), r.get("rlnOriginYAngst", 0.0), r.get("rlnOriginZAngst", 0.0)])
         off.append(float(np.linalg.norm(c - a_sub @ o - np.array(t["centred_A"]))))
     return np.array(ang), np.array(off)
+
+
+def fsc_against_truth(project_dir, map_path):
+    """FSC between a map and the project's ``ground_truth.mrc`` (Fourier-cropped to the map's
+    pixel size).  Returns ``(curve, pixel_size)``; shell k is at ``box·px/k`` Å."""
+    from sta.io.mrc import read_mrc
+    from sta.kernels.fourier import fourier_crop_volume
+    from sta.kernels.fsc import fsc
+
+    vol, px = read_mrc(map_path)
+    truth, tpx = read_mrc(os.path.join(project_dir, "ground_truth.mrc"))
+    new_box = int(round(truth.shape[0] * tpx / px))
+    truth = fourier_crop_volume(truth.astype(np.float64), new_box)
+    if truth.shape != vol.shape:
+        lo = (new_box - vol.shape[0]) // 2
+        if lo < 0:
+            raise ValueError(f"{map_path}: box {vol.shape[0]} is larger than the truth's {new_box} at {px:g} Å")
+        truth = truth[lo:lo + vol.shape[0], lo:lo + vol.shape[1], lo:lo + vol.shape[2]]
+    return fsc(vol.astype(np.float64), truth), px
+
+
+def crossing_resolution(curve, box, px, threshold):
+    """Resolution (Å) where ``curve`` first drops below ``threshold`` after shell 0, linearly
+    interpolated between shells; Nyquist when it never does."""
+    curve = np.asarray(curve, dtype=float)
+    for k in range(1, len(curve)):
+        if curve[k] < threshold:
+            a, b = curve[k - 1], curve[k]
+            x = (k - 1) + (a - threshold) / (a - b) if k > 1 and a != b else float(k)
+            return box * px / max(x, 1e-9)
+    return 2.0 * px

@@ -15,8 +15,9 @@ from sta.io.refine_files import shell_table, write_model, write_optimiser, write
 class RefineWriter:
     """Callable handed to the refinement loop; knows the output root and the inputs."""
 
-    def __init__(self, root, particles, tomograms_file, trajectories_file, command_line, ios=None):
+    def __init__(self, root, particles, tomograms_file, trajectories_file, command_line, ios=None, argv=()):
         self.root = root
+        self.argv = list(argv)
         self.particles = particles
         self.tomograms_file = tomograms_file or ""
         self.trajectories_file = trajectories_file or ""
@@ -43,6 +44,10 @@ class RefineWriter:
         self._sampling(run, f"{pre}_sampling.star")
         self._optimiser(run, pre)
         self._optimisation_set(f"{pre}_optimisation_set.star", f"{pre}_data.star")
+        if not run.final:
+            from sta.workflows.refine_checkpoint import save
+
+            save(run, f"{pre}_sta_state.npz", self.argv)
 
     # ------------------------------------------------------------------
     def _data(self, run, path):

@@ -73,13 +73,13 @@ class AutoRefinement:
     """State and loop of one ``sta_refine --auto_refine`` run (serial or MPI)."""
 
     def __init__(self, params, particles, stack_particles, references, pixel_size, comm=None, writer=None,
-                 check_abort=None):
+                 check_abort=None, resume=None):
         self.p = params
         self.particles = particles
         self.sps = stack_particles
         self.by_index = {sp.index: sp for sp in stack_particles}
         self.px = pixel_size
-        self.ori = references[0].shape[0]
+        self.ori = (resume.arrays["h0_volume"] if resume is not None else references[0]).shape[0]
         self.writer = writer
         self.check_abort = check_abort
         from sta.parallel.mpi import SerialComm
@@ -90,30 +90,13 @@ class AutoRefinement:
         self.groups = groups
         self.optics_index = self._optics_index()
         n_optics = max(self.optics_index.values()) + 1
-        self.models = [HalfModel(self._initial_reference(r), pixel_size, n_optics) for r in references]
-        sig = None
-        first_reader = 0 if self.comm.Get_size() == 1 else 1
-        if self.comm.Get_rank() == first_reader:
-            sig = initial_sigma2(stack_particles, self._read, 10, self.optics_index, n_optics, self.ori)
-        if self.comm.Get_size() > 1:
-            sig = self.comm.bcast(sig, root=first_reader)
-        for m in self.models:
-            m.sigma2 = [s.copy() for s in sig]
-            m.sigma2_offset = params.offset_prior_sigma ** 2
-            m.scales = {g: 1.0 for g in groups}
+        if resume is not None:
+            references = [resume.arrays[f"h{h}_volume"] for h in range(2)]
+            self.models = [HalfModel(r, pixel_size, n_optics) for r in references]
+        else:
+            self.models = [HalfModel(self._initial_reference(r), pixel_size, n_optics) for r in references]
         self.state = self._initial_state()
-        # RELION estimates the accuracy from 100 particles; take up to 50 of each half
-        self.accuracy_particles = set()
-        for h in range(2):
-            self.accuracy_particles.update(np.flatnonzero(self.state.half == h)[:50].tolist())
-        scale = None
-        if self.comm.Get_rank() == first_reader:
-            scale = self._reference_scale()
-        if self.comm.Get_size() > 1:
-            scale = self.comm.bcast(scale, root=first_reader)
-        log.info(" Reference greyscale matched to the data: scale factor %.5g", scale)
-        for m in self.models:
-            m.set_map(m.volume * scale)
+        self.pick_accuracy_particles()
         self.sampling = OrientationSampling(params.healpix_order, -1.0, params.offset_range_px * pixel_size,
                                             params.offset_step_px * pixel_size, params.perturb, params.symmetry)
         user = max(params.sigma_rot, params.sigma_tilt, params.sigma_psi) > 0
@@ -129,8 +112,43 @@ class AutoRefinement:
         self.iteration = 0
         self.final = False
         self.timings = {"expectation": 0.0, "maximisation": 0.0, "writing": 0.0}
+        if resume is not None:
+            from sta.workflows.refine_checkpoint import restore
+
+            restore(self, resume)
+            self._decide_final()
+            return
+        self._start(stack_particles, groups, n_optics)
+
+    def _start(self, stack_particles, groups, n_optics):
+        """Initial noise spectra and greyscale of a new run (reads the first particles)."""
+        params = self.p
+        sig = None
+        first_reader = 0 if self.comm.Get_size() == 1 else 1
+        if self.comm.Get_rank() == first_reader:
+            sig = initial_sigma2(stack_particles, self._read, 10, self.optics_index, n_optics, self.ori)
+        if self.comm.Get_size() > 1:
+            sig = self.comm.bcast(sig, root=first_reader)
+        for m in self.models:
+            m.sigma2 = [s.copy() for s in sig]
+            m.sigma2_offset = params.offset_prior_sigma ** 2
+            m.scales = {g: 1.0 for g in groups}
+        scale = None
+        if self.comm.Get_rank() == first_reader:
+            scale = self._reference_scale()
+        if self.comm.Get_size() > 1:
+            scale = self.comm.bcast(scale, root=first_reader)
+        log.info(" Reference greyscale matched to the data: scale factor %.5g", scale)
+        for m in self.models:
+            m.set_map(m.volume * scale)
 
     # ------------------------------------------------------------------ set-up
+    def pick_accuracy_particles(self):
+        """RELION estimates the accuracy from 100 particles; take up to 50 of each half."""
+        self.accuracy_particles = set()
+        for h in range(2):
+            self.accuracy_particles.update(np.flatnonzero(self.state.half == h)[:50].tolist())
+
     def _optics_index(self):
         df = self.particles.df
         groups = df["rlnOpticsGroup"].to_numpy() if "rlnOpticsGroup" in df.columns else np.ones(self.particles.n)
@@ -201,20 +219,26 @@ class AutoRefinement:
             if leader:
                 self._maximisation(sums, old)
                 if not last:
-                    if self.iteration >= self.p.max_iter:
-                        log.info(" Auto-refine: reached --iter %d; the next iteration is the last", self.p.max_iter)
-                        self.final = True
-                    elif self.auto.check_convergence():
-                        log.info(" Auto-refine: Refinement has converged, entering last iteration where two halves "
-                                 "will be combined...")
-                        log.info(" Auto-refine: The last iteration will use data to Nyquist frequency, which may "
-                                 "take more CPU and RAM.")
-                        self.final = True
+                    self._decide_final()
             broadcast_model(self)
             if last:
                 break
         self.timings["total"] = time.time() - t0
         return self
+
+    def _decide_final(self):
+        """After an M-step (or on --continue): is the next iteration the last one?"""
+        if self.final:
+            return
+        if self.iteration >= self.p.max_iter:
+            log.info(" Auto-refine: reached --iter %d; the next iteration is the last", self.p.max_iter)
+            self.final = True
+        elif self.auto.check_convergence():
+            log.info(" Auto-refine: Refinement has converged, entering last iteration where two halves "
+                     "will be combined...")
+            log.info(" Auto-refine: The last iteration will use data to Nyquist frequency, which may "
+                     "take more CPU and RAM.")
+            self.final = True
 
     def _log_iteration_header(self):
         log.info(" Auto-refine: Iteration= %d", self.iteration)
