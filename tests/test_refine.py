@@ -114,16 +114,55 @@ def test_continue_reproduces_the_run(project, refined, monkeypatch, capsys):
 
 
 @pytest.mark.skipif(shutil.which("mpirun") is None, reason="mpirun not installed")
-def test_one_and_three_ranks_agree(project):
+def test_one_three_five_ranks_preread_and_scratch_agree(project, tmp_path):
+    """1, 3 and 5 ranks, pre-read images (node-shared memory) and a scratch copy give the same
+    maps and poses; the scratch copy is removed at the end."""
+    scratch = tmp_path / "scratch"
+    runs = {"np1": (1, []), "np3": (3, []), "np5": (5, []), "np3_preread": (3, ["--preread_images"]),
+            "np3_scratch": (3, ["--scratch_dir", str(scratch), "--keep_free_scratch", "0"])}
     maps = {}
-    for np_ in (1, 3):
-        cmd = (["mpirun", "-np", str(np_), sys.executable, "-m", "sta.commands.refine", "--o", f"R{np_}/run"]
-               + REFINE_ARGS + ["--iter", "1"])
+    for name, (np_, extra) in runs.items():
+        cmd = (["mpirun", "-np", str(np_), sys.executable, "-m", "sta.commands.refine", "--o", f"R_{name}/run"]
+               + REFINE_ARGS + ["--iter", "1"] + extra)
         res = subprocess.run(cmd, cwd=project, capture_output=True, text=True, timeout=600)
         assert res.returncode == 0, res.stderr[-2000:]
-        maps[np_] = mrcfile.read(project / f"R{np_}" / "run_class001.mrc")
-        assert errors(project, f"R{np_}/run_data.star") == errors(project, "R1/run_data.star")
-    assert np.abs(maps[3] - maps[1]).max() <= 1e-5 * np.abs(maps[1]).max()
+        maps[name] = mrcfile.read(project / f"R_{name}" / "run_class001.mrc")
+        assert errors(project, f"R_{name}/run_data.star") == errors(project, "R_np1/run_data.star")
+        if extra:
+            held = "ram" if "--preread_images" in extra else "scratch"
+            assert f"held in {held}" in res.stdout, res.stdout[-2000:]
+    ref = maps["np1"]
+    for name, m in maps.items():
+        assert np.abs(m - ref).max() <= 1e-5 * np.abs(ref).max(), name
+    assert np.array_equal(maps["np3_preread"], maps["np3"]) and np.array_equal(maps["np3_scratch"], maps["np3"])
+    assert not (scratch / "relion_volatile").exists()
+
+
+def test_scratch_falls_back_when_disk_is_short(project, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(project)
+    args = ["--o", "Rfb/run"] + REFINE_ARGS + ["--iter", "1", "--skip_align", "--scratch_dir", str(tmp_path),
+                                              "--keep_free_scratch", "1e9"]
+    assert refine.main(args) == 0
+    captured = capsys.readouterr()
+    assert "must stay free" in captured.out + captured.err and "held in disk" in captured.out
+    assert not (tmp_path / "relion_volatile").exists()
+
+
+@pytest.mark.skipif(shutil.which("mpirun") is None, reason="mpirun not installed")
+def test_killed_follower_ends_refine(project):
+    """A follower killed after its first batch: non-zero exit naming the rank within 60 s, no final map."""
+    import os
+    import time
+
+    env = dict(os.environ, STA_TEST_KILL_RANK="2")
+    cmd = ["mpirun", "-np", "3", sys.executable, "-m", "sta.commands.refine", "--o", "Rk/run"] + REFINE_ARGS
+    t0 = time.time()
+    res = subprocess.run(cmd, cwd=project, capture_output=True, text=True, timeout=120, env=env)
+    assert res.returncode != 0
+    assert time.time() - t0 < 60
+    text = (res.stdout + res.stderr).lower()
+    assert "rank 2" in text, text[-2000:]
+    assert not (project / "Rk" / "run_class001.mrc").exists()
 
 
 @pytest.mark.skipif(shutil.which("mpirun") is None, reason="mpirun not installed")

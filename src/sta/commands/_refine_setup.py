@@ -100,8 +100,12 @@ def build_refinement(args, comm, argv, resume=None):
         perturb=args.perturb)
     if not args.ctf:
         log.warning(" WARNING: --ctf not given: the CTF of the (premultiplied) stacks is ignored, as in RELION")
+    from sta.workflows.refine_images import ImageStore
+
+    images = ImageStore(sps, particles.resolve, comm, preread=args.preread_images, scratch_dir=args.scratch_dir,
+                        keep_free_gb=args.keep_free_scratch, reuse=args.reuse_scratch, keep=args.keep_scratch)
     run = AutoRefinement(params, particles, sps, refs, px, comm=comm,
-                         check_abort=lambda: _check_abort(args), resume=resume)
+                         check_abort=lambda: _check_abort(args), resume=resume, images=images)
     if args.solvent_mask:
         from sta.io.mrc import read_mrc
 

@@ -30,8 +30,7 @@ log = logging.getLogger("sta.refine")
 PROG = "sta_refine"
 
 # accepted for drop-in use, no effect on the result (warned when given)
-NO_EFFECT = {"pool": 1, "dont_combine_weights_via_disc": 0, "preread_images": 0, "scratch_dir": 1,
-             "keep_free_scratch": 1, "reuse_scratch": 0, "keep_scratch": 0, "no_parallel_disc_io": 0,
+NO_EFFECT = {"pool": 1, "dont_combine_weights_via_disc": 0, "no_parallel_disc_io": 0,
              "onthefly_shifts": 0, "verb": 1, "norm": 0, "no_norm": 0, "trust_ref_size": 0, "cpu": 0,
              "free_gpu_memory": 1, "dont_check_norm": 0, "random_halves": 0}
 # RELION options that change the result and are not implemented yet: refused by name
@@ -87,6 +86,13 @@ def add_args(parser):
     g.add_argument("--no_scale", action="store_true", help="no scale correction")
     g = parser.add_argument_group("Computation")
     g.add_argument("--j", type=_cli.positive_int, default=1, help="threads (FFT)")
+    g.add_argument("--preread_images", action="store_true",
+                   help="read all particle images into RAM once (one copy per node, shared by its followers)")
+    g.add_argument("--scratch_dir", default="", help="copy the particle images to DIR/relion_volatile/ once per node")
+    g.add_argument("--keep_free_scratch", type=float, default=10.0,
+                   help="GB to leave free on the scratch disk (else the original files are read)")
+    g.add_argument("--reuse_scratch", action="store_true", help="reuse a complete scratch copy of an earlier run")
+    g.add_argument("--keep_scratch", action="store_true", help="do not remove the scratch copy at the end")
     g.add_argument("--gpu", nargs="?", const="", default=None, help="GPU ids (not available in this version)")
     g.add_argument("--pad", type=int, default=2, help="padding factor (only 2)")
     g.add_argument("--random_seed", type=int, default=-1, help="random seed (-1: from the clock, broadcast)")
@@ -179,7 +185,13 @@ def _body(args, comm, argv):
 
     run, writer = build_refinement(args, comm, argv, resume)
     run.writer = writer if comm.Get_rank() == 0 else None
-    run.run()
+    try:
+        run.run()
+    except BaseException:
+        if comm.Get_size() == 1:  # under MPI the job is aborted; the next start wipes the scratch copy
+            run.images.close()
+        raise
+    run.images.close()
     if comm.Get_rank() == 0:
         t = run.timings
         log.info(" Timing: expectation %.1f s, maximisation %.1f s, writing %.1f s, total %.1f s (%d iterations)",

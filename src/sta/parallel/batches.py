@@ -99,7 +99,7 @@ def run_batches(comm, batches, process, make_state, n_threads=1, label="Particle
             if check_abort is not None:
                 check_abort()
             process(state, batches[i])
-            _fault_injection(comm)
+            fault_injection(comm)
             if is_leader:
                 with lock:
                     progress.update(starts[min(i + 1, len(batches))])
@@ -134,7 +134,7 @@ def run_batches(comm, batches, process, make_state, n_threads=1, label="Particle
     return states
 
 
-def _fault_injection(comm):
+def fault_injection(comm):
     """Test hook: ``STA_TEST_KILL_RANK=r`` makes rank r die (SIGKILL) after its first batch,
     to check that a dead follower takes the job down instead of hanging it."""
     target = os.environ.get("STA_TEST_KILL_RANK")

@@ -67,9 +67,9 @@ class StackParticle:
         c = self.ctf(box, xp)
         return c * c if self.premultiplied else c
 
-    def read_images(self, project_resolve):
-        """(n_img, box, box) float32 images of the stack."""
-        data = read_stack_images(project_resolve(self.image_path))
+    def read_images(self, project_resolve, dtype=np.float32):
+        """(n_img, box, box) images of the stack (float32, or ``dtype``)."""
+        data = read_stack_images(project_resolve(self.image_path), dtype=dtype)
         if data.shape[0] != self.n_img or data.shape[1:] != (self.box, self.box):
             raise InputError(f"{self.image_path}: holds {data.shape[0]} images of {data.shape[1:]} pixels, expected "
                              f"{self.n_img} (visible tilts) of {self.box}x{self.box}")

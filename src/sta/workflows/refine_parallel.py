@@ -13,7 +13,7 @@
 import numpy as np
 
 from sta.errors import InputError
-from sta.parallel.batches import make_batches
+from sta.parallel.batches import fault_injection, make_batches
 from sta.parallel.mpi import DynamicCounter, polite_recv
 
 _TAG_SUMS = 11
@@ -81,6 +81,7 @@ def _mpi(run):
                 if b >= len(batches):
                     break
                 results.update(run.expect_particles(h, batches[b][1], sums))
+                fault_injection(comm)
             counter.free()
             arrays = sums.arrays()
             from mpi4py import MPI

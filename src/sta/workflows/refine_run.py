@@ -73,7 +73,7 @@ class AutoRefinement:
     """State and loop of one ``sta_refine --auto_refine`` run (serial or MPI)."""
 
     def __init__(self, params, particles, stack_particles, references, pixel_size, comm=None, writer=None,
-                 check_abort=None, resume=None):
+                 check_abort=None, resume=None, images=None):
         self.p = params
         self.particles = particles
         self.sps = stack_particles
@@ -85,6 +85,11 @@ class AutoRefinement:
         from sta.parallel.mpi import SerialComm
 
         self.comm = comm if comm is not None else SerialComm()
+        if images is None:
+            from sta.workflows.refine_images import ImageStore
+
+            images = ImageStore(stack_particles, particles.resolve, self.comm)
+        self.images = images
         self.rng = np.random.default_rng(params.seed)
         groups = sorted(set(sp.tomo for sp in stack_particles))
         self.groups = groups
@@ -199,7 +204,7 @@ class AutoRefinement:
         return num / den
 
     def _read(self, sp):
-        return sp.read_images(self.particles.resolve)
+        return self.images.read(sp)
 
     # ------------------------------------------------------------------ loop
     def run(self):
