@@ -2,7 +2,7 @@
 
 Simulates the HIV-1 capsid hexamer (C6) in several tomograms (>= 200 particles, per-tilt SNR
 0.05 by default), perturbs every pose by exactly 10° and 5 Å, extracts 2D stacks at bin 2
-(8 Å, box 24), reconstructs the starting reference from the perturbed poses, runs
+(8 Å, box 24; ``--bin 1``: 4 Å, box 48), reconstructs the starting reference from the perturbed poses, runs
 ``mpirun -np N sta_refine --auto_refine`` until it converges, and prints:
 
 * median angular error against the truth (symmetry-aware) and the final angular step,
@@ -48,6 +48,7 @@ def main():
     ap.add_argument("--particles", type=int, default=48)
     ap.add_argument("--snr", type=float, default=0.05)
     ap.add_argument("--seed", type=int, default=11)
+    ap.add_argument("--bin", type=int, default=2, choices=(1, 2), help="binning of the refinement (box 48 / 24)")
     ap.add_argument("--healpix_order", type=int, default=3)
     ap.add_argument("--auto_local_healpix_order", type=int, default=3)
     ap.add_argument("--skip_setup", action="store_true", help="reuse the simulated project in --out")
@@ -62,15 +63,18 @@ def main():
         run(["sta_simulate", "--o", str(out), "--model", str(model), "--truth_sym", "C6", "--n_tomograms",
              str(args.tomograms), "--particles", str(args.particles), "--snr", str(args.snr), "--seed", str(args.seed),
              "--perturb-angles", "10", "--perturb-offsets", "5"], None, Path("/tmp/refine_truth_sim.log"))
-        run(mpi + ["sta_subtomo", "--i", "optimisation_set_perturbed.star", "--b", "24", "--bin", "2", "--stack2d",
-                   "--o", "Extract/"], out, out / "subtomo.log")
-        run(mpi + ["sta_reconstruct_particle", "--i", "optimisation_set_perturbed.star", "--b", "24", "--bin", "2",
-                   "--sym", "C6", "--o", "Reconstruct/"], out, out / "reconstruct.log")
-    rdir = f"Refine_np{args.np}"
+    box = 48 // args.bin
+    if not args.skip_setup or not (out / f"Extract_bin{args.bin}").exists():
+        run(mpi + ["sta_subtomo", "--i", "optimisation_set_perturbed.star", "--b", str(box), "--bin", str(args.bin),
+                   "--stack2d", "--o", f"Extract_bin{args.bin}/"], out, out / "subtomo.log")
+        run(mpi + ["sta_reconstruct_particle", "--i", "optimisation_set_perturbed.star", "--b", str(box), "--bin",
+                   str(args.bin), "--sym", "C6", "--o", f"Reconstruct_bin{args.bin}/"], out, out / "reconstruct.log")
+    rdir = f"Refine_bin{args.bin}_np{args.np}"
     if (out / rdir).exists():
         shutil.rmtree(out / rdir)
     cmd = mpi + ["sta_refine", "--o", f"{rdir}/run", "--auto_refine", "--split_random_halves", "--i",
-                 "Extract/particles.star", "--tomograms", "tomograms.star", "--ref", "Reconstruct/merged.mrc",
+                 f"Extract_bin{args.bin}/particles.star", "--tomograms", "tomograms.star", "--ref",
+                 f"Reconstruct_bin{args.bin}/merged.mrc",
                  "--ini_high", "30", "--ctf", "--particle_diameter", "150", "--flatten_solvent", "--zero_mask",
                  "--healpix_order", str(args.healpix_order), "--auto_local_healpix_order",
                  str(args.auto_local_healpix_order), "--offset_range", "3", "--offset_step", "1", "--sym", "C6",
@@ -90,16 +94,16 @@ def evaluate(out, rdir, text, wall, args):
     samp = read_star(str(out / rdir / "run_sampling.star"))["sampling_general"]
     order = int(samp.df["rlnHealpixOrder"].iloc[0])
     step = healpix_step(order + 1)
-    ang0, off0 = pose_errors(str(out), "Extract/particles.star", "C6")
+    ang0, off0 = pose_errors(str(out), f"Extract_bin{args.bin}/particles.star", "C6")
     ang, off = pose_errors(str(out), f"{rdir}/run_data.star", "C6")
-    px = 8.0
+    px = 4.0 * args.bin
     curve, mpx = fsc_against_truth(str(out), str(out / rdir / "run_class001.mrc"))
-    box = 24
+    box = 48 // args.bin
     truth_res = crossing_resolution(curve, box, mpx, 0.5)
     shell08 = 0.8 * (box // 2)
     fsc08 = float(np.interp(shell08, np.arange(len(curve)), curve))
     print(f"project: {n} particles in {args.tomograms} tomograms, 41 tilts, per-tilt SNR {args.snr}, C6, "
-          f"bin 2 (8 Å, box 24); {args.np} MPI ranks; {iters} iterations in {wall:.0f} s")
+          f"bin {args.bin} ({px:g} Å, box {box}); {args.np} MPI ranks; {iters} iterations in {wall:.0f} s")
     print(f"median angular error: {np.median(ang0):.2f} -> {np.median(ang):.2f} deg "
           f"(final angular step {step:.2f} deg, HEALPix order {order} + oversampling)")
     print(f"median translation error: {np.median(off0) / px:.2f} -> {np.median(off) / px:.3f} px "

@@ -190,7 +190,7 @@ def test_relion_written_stacks(tmp_path, monkeypatch):
 
 def test_bad_input(project, monkeypatch, capsys):
     monkeypatch.chdir(project)
-    cases = [(["--K", "2"], "--K 2"), (["--solvent_correct_fsc"], "--solvent_correct_fsc"),
+    cases = [(["--K", "2"], "--K 2"), (["--bimodal_psi"], "--bimodal_psi"),
              (["--gpu"], "--gpu"), (["--sym", "Q3"], "unknown symmetry")]
     for extra, text in cases:
         code = refine.main(["--o", "Bad/run"] + REFINE_ARGS + extra)
@@ -207,3 +207,52 @@ def test_print_symmetry_ops(capsys, tmp_path, monkeypatch):
     out = capsys.readouterr().out
     assert "Using symmetry group D2, with the following 4 transformation matrices" in out
     assert not (tmp_path / "note.txt").exists()
+
+
+@pytest.mark.skipif(shutil.which("mpirun") is None, reason="mpirun not installed")
+def test_abort_now_stops_within_one_iteration(project):
+    """RELION_JOB_ABORT_NOW touched after iteration 1: the job ends with RELION_JOB_EXIT_ABORTED
+    before iteration 3 is written, and the flag is removed."""
+    import time
+
+    job = project / "Rabort"
+    cmd = (["mpirun", "-np", "3", sys.executable, "-m", "sta.commands.refine", "--o", "Rabort/run"] + REFINE_ARGS
+           + ["--pipeline_control", "Rabort/"])
+    proc = subprocess.Popen(cmd, cwd=project, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        t0 = time.time()
+        while not (job / "run_it001_sta_state.npz").exists():
+            assert proc.poll() is None and time.time() - t0 < 300, "iteration 1 never finished"
+            time.sleep(0.2)
+        (job / "RELION_JOB_ABORT_NOW").touch()
+        out, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0
+    assert (job / "RELION_JOB_EXIT_ABORTED").exists(), err[-2000:]
+    assert not (job / "RELION_JOB_ABORT_NOW").exists()
+    assert not (job / "RELION_JOB_EXIT_SUCCESS").exists()
+    assert not (job / "run_it003_data.star").exists() and not (job / "run_class001.mrc").exists()
+
+
+def test_solvent_correct_fsc(project, monkeypatch, capsys):
+    """--solvent_mask + --solvent_correct_fsc: unfil half maps every iteration, the masked corrected
+    FSC in the model, RELION's 'already with masking' line."""
+    from sta.io.mrc import write_mrc
+    from sta.kernels.filters import raised_cosine_sphere
+
+    monkeypatch.chdir(project)
+    write_mrc("mask_sphere.mrc", raised_cosine_sphere((24,) * 3, 8.0, 11.0).astype(np.float32), 8.0)
+    base = ["--o", "Rsc/run"] + REFINE_ARGS + ["--iter", "1", "--skip_align", "--solvent_mask", "mask_sphere.mrc"]
+    assert refine.main(base + ["--solvent_correct_fsc"]) == 0
+    out = capsys.readouterr().out
+    assert "Final resolution (already with masking) is:" in out
+    assert "Calculating solvent-corrected gold-standard FSC" in out
+    assert (project / "Rsc" / "run_it001_half1_class001_unfil.mrc").exists()
+    corrected = read_star(project / "Rsc" / "run_it001_half1_model.star")["model_class_1"].df
+    assert refine.main(["--o", "Rplain/run"] + base[2:]) == 0
+    plain = read_star(project / "Rplain" / "run_it001_half1_model.star")["model_class_1"].df
+    a = corrected["rlnGoldStandardFsc"].to_numpy()
+    b = plain["rlnGoldStandardFsc"].to_numpy()
+    assert not np.allclose(a, b) and a[1] > 0.9

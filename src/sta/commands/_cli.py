@@ -139,7 +139,7 @@ def configure_logging(verbose, quiet=False):
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(logging.Formatter("%(message)s"))
     root.addHandler(handler)
-    level = logging.DEBUG if verbose else (logging.WARNING if quiet else logging.INFO)
+    level = logging.DEBUG if verbose else (logging.ERROR if quiet else logging.INFO)
     root.setLevel(level)
     # third-party chatter stays at warning level
     for name in ("matplotlib", "PIL", "numexpr", "h5py"):

@@ -94,10 +94,13 @@ def build_refinement(args, comm, argv, resume=None):
         do_ctf=args.ctf, ini_high=args.ini_high, tau2_fudge=args.tau2_fudge if args.tau2_fudge > 0 else 1.0,
         pad=args.pad, zero_mask=args.zero_mask, flatten_solvent=args.flatten_solvent,
         low_resol_join_halves=args.low_resol_join_halves, firstiter_cc=args.firstiter_cc,
+        solvent_correct_fsc=args.solvent_correct_fsc,
         skip_align=args.skip_align, adaptive_fraction=args.adaptive_fraction, incr_size=args.incr_size,
         maskedge=args.maskedge, do_scale=args.scale and not args.no_scale, min_sigma2_offset=args.min_sigma2_offset,
         offset_prior_sigma=args.offset, max_iter=args.iter if args.iter > 0 else 999, seed=seed,
         perturb=args.perturb)
+    if args.solvent_correct_fsc and not args.solvent_mask:
+        log.warning(" WARNING: --solvent_correct_fsc has no effect without --solvent_mask (as in RELION)")
     if not args.ctf:
         log.warning(" WARNING: --ctf not given: the CTF of the (premultiplied) stacks is ignored, as in RELION")
     from sta.workflows.refine_images import ImageStore

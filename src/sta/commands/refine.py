@@ -34,7 +34,7 @@ NO_EFFECT = {"pool": 1, "dont_combine_weights_via_disc": 0, "no_parallel_disc_io
              "onthefly_shifts": 0, "verb": 1, "norm": 0, "no_norm": 0, "trust_ref_size": 0, "cpu": 0,
              "free_gpu_memory": 1, "dont_check_norm": 0, "random_halves": 0}
 # RELION options that change the result and are not implemented yet: refused by name
-REFUSED = {"solvent_correct_fsc": 0, "solvent_mask2": 1, "blush": 0, "denovo_3dref": 0,
+REFUSED = {"solvent_mask2": 1, "blush": 0, "denovo_3dref": 0,
            "grad": 0, "helix": 0, "local_symmetry": 1, "tau": 1, "relax_sym": 1, "bimodal_psi": 0,
            "skip_rotate": 0, "offset_range_x": 1, "offset_range_y": 1, "offset_range_z": 1,
            "ctf_intact_first_peak": 0, "pad_ctf": 0, "fast_subsets": 0, "external_reconstruct": 0,
@@ -60,6 +60,8 @@ def add_args(parser):
     g.add_argument("--zero_mask", action="store_true", help="fill the images' background with its mean, not noise")
     g.add_argument("--flatten_solvent", action="store_true", help="mask the references")
     g.add_argument("--solvent_mask", default="", help="mask for the references (default: sphere of the diameter)")
+    g.add_argument("--solvent_correct_fsc", action="store_true",
+                   help="FSC of the half maps inside --solvent_mask, corrected by phase randomisation")
     g.add_argument("--split_random_halves", action="store_true", help="gold-standard half sets (required)")
     g.add_argument("--low_resol_join_halves", type=float, default=-1.0, help="join halves up to this resolution (Å)")
     g = parser.add_argument_group("Initialisation")
@@ -133,7 +135,7 @@ def _check_flags(args):
         if getattr(args, name) is not None:
             log.warning(" WARNING: --%s is accepted for compatibility and has no effect in sta_refine", name)
     if args.gpu is not None:
-        raise InputError("--gpu: the GPU path of sta_refine is not available in this version (run without --gpu)")
+        _gpu_policy()
     if not (args.auto_refine and args.split_random_halves):
         raise InputError("sta_refine implements 3D auto-refine only: give --auto_refine --split_random_halves")
     if args.K != 1:
@@ -166,6 +168,20 @@ def _continued(args, argv):
     new.continue_from = args.continue_from
     log.info(" Continuing from iteration %d of %s", ck.iteration, args.continue_from)
     return new, merged, ck
+
+
+def _gpu_policy():
+    """``--gpu`` without a usable GPU path.  Under a RELION name (``relion_refine_mpi`` from
+    sta_relion_aliases) behave as a RELION built without CUDA: warn and run on the CPU, so
+    pipelines that always pass ``--gpu ''`` keep working.  As ``sta_refine``: refuse."""
+    from sta.backend import cupy_available
+
+    reason = ("CuPy with a CUDA device is not available" if not cupy_available()
+              else "the GPU path of sta_refine is not available in this version")
+    if _cli.program_name(PROG).startswith("relion_"):
+        log.warning("+ WARNING : --gpu given but %s - you do NOT have support for GPUs: running on the CPU", reason)
+        return
+    raise InputError(f"--gpu: {reason} (run without --gpu to use the CPU)")
 
 
 def _body(args, comm, argv):

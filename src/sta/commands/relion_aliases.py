@@ -14,6 +14,11 @@ The scripts call the Python interpreter by its absolute path (--python, default:
 interpreter running this command) with PYTHONSAFEPATH=1, so a folder in the RELION
 project cannot shadow a package.
 
+When the MPI launcher that goes with that interpreter is MPICH's hydra (the ``mpich`` wheel
+of the ``mpi`` extra), ``mpirun`` and ``mpiexec`` wrappers are written too: pipelines such as
+py2rely call ``mpirun --oversubscribe -n 5 ...``, an Open MPI option that hydra rejects (and
+does not need: it always allows more ranks than cores); the wrappers drop it and run hydra.
+
 Example:
   sta_relion_aliases --o ~/sta-relion-bin && export PATH=~/sta-relion-bin:$PATH
   relion_mask_create --version
@@ -84,25 +89,73 @@ def script_text(name, module, python):
 
 def write_alias(directory, name, module, python):
     """Write one executable alias atomically; return its path."""
-    path = os.path.join(directory, name)
+    return _write_script(os.path.join(directory, name), script_text(name, module, python))
+
+
+def find_launcher(python, directory):
+    """Absolute path of the MPI launcher going with ``python`` (beside it, else on PATH outside
+    ``directory``), or None."""
+    import shutil
+
+    beside = os.path.join(os.path.dirname(python), "mpirun")
+    if os.path.isfile(beside) and os.access(beside, os.X_OK):
+        return beside
+    skip = os.path.realpath(directory)
+    path = os.pathsep.join(p for p in os.environ.get("PATH", "").split(os.pathsep)
+                           if p and os.path.realpath(p) != skip)
+    return shutil.which("mpirun", path=path)
+
+
+def is_hydra(launcher):
+    """True when ``launcher --version`` says MPICH's hydra."""
+    import subprocess
+
+    try:
+        res = subprocess.run([launcher, "--version"], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return "HYDRA" in (res.stdout + res.stderr)
+
+
+def launcher_text(name, launcher):
+    """Wrapper that drops Open MPI's ``--oversubscribe`` and runs hydra."""
+    return (f"#!/bin/sh\n"
+            f"# {name}: MPICH hydra for RELION pipelines (sta {__version__}), written by {PROG}.\n"
+            f"# Drops Open MPI's --oversubscribe, which hydra rejects and does not need.\n"
+            f"for a; do shift; case \"$a\" in --oversubscribe|-oversubscribe) ;; *) set -- \"$@\" \"$a\" ;; esac; done\n"
+            f"exec {shlex.quote(launcher)} \"$@\"\n")
+
+
+def _write_script(path, text):
     with atomic_path(path) as tmp:
         with open(tmp, "w") as fh:
-            fh.write(script_text(name, module, python))
+            fh.write(text)
         mode = stat.S_IRWXU | stat.S_IRGRP | stat.S_IXGRP | stat.S_IROTH | stat.S_IXOTH
         os.chmod(tmp, mode)
     return path
 
 
+def create_launchers(directory, python):
+    """``mpirun``/``mpiexec`` wrappers in ``directory`` when the launcher is hydra; ``{name: path}``."""
+    launcher = find_launcher(python, directory)
+    if launcher is None or not is_hydra(launcher):
+        return {}
+    return {name: _write_script(os.path.join(directory, name), launcher_text(name, launcher))
+            for name in ("mpirun", "mpiexec")}
+
+
 def create_aliases(directory, python=None):
-    """Write every available alias into ``directory``; return ``{name: path}``."""
+    """Write every available alias into ``directory`` (and the launcher wrappers when the MPI
+    launcher is hydra); return ``{name: path}``."""
     python = os.path.abspath(python or sys.executable)
     if not (os.path.isfile(python) and os.access(python, os.X_OK)):
         raise InputError(f"--python {python}: not an executable file")
     if os.path.exists(directory) and not os.path.isdir(directory):
         raise InputError(f"--o {directory}: exists and is not a directory")
     os.makedirs(directory, exist_ok=True)
-    return {name: write_alias(directory, name, mod, python)
-            for name, mod in available_aliases().items()}
+    written = {name: write_alias(directory, name, mod, python) for name, mod in available_aliases().items()}
+    written.update(create_launchers(directory, python))
+    return written
 
 
 def add_args(parser):
@@ -127,7 +180,7 @@ def _body(args):
         raise InputError("--o DIR is required (the directory to write the aliases into)")
     written = create_aliases(args.o, args.python)
     for name, path in written.items():
-        log.info(" Written: %s -> sta_%s", path, ALIASES[name])
+        log.info(" Written: %s -> %s", path, f"sta_{ALIASES[name]}" if name in ALIASES else "MPICH hydra")
     missing = sorted({n for n in ALIASES if n not in written})
     if missing:
         log.info(" Not available yet in this version (not written): %s", ", ".join(missing))

@@ -252,6 +252,31 @@ def corrected_fsc(fsc_masked, fsc_random, randomize_at):
     return out
 
 
+def solvent_corrected_fsc(map1, map2, mask, rng, randomize_at_fsc=0.8):
+    """Gold-standard FSC of two unregularised half maps inside a solvent mask, corrected by
+    phase randomisation (relion_refine ``--solvent_correct_fsc``).
+
+    Phases beyond the first shell where the unmasked FSC drops below ``randomize_at_fsc``
+    are randomised in both maps; shells from ``randomize_at + 2`` on become
+    ``(FSC_masked − FSC_rand)/(1 − FSC_rand)``, and 0 where ``FSC_rand > FSC_masked``.
+    When the unmasked FSC never drops below the threshold it is returned unchanged.
+
+    Returns ``(fsc, fsc_unmasked, randomize_at)``.
+    """
+    fsc_unmasked = fsc(map1, map2)
+    shell = randomisation_shell(fsc_unmasked, map1.shape[0], 1.0, randomize_at_fsc)
+    if shell <= 0:
+        return fsc_unmasked, fsc_unmasked, -1
+    fsc_masked = fsc(map1 * mask, map2 * mask)
+    r1 = randomize_phases_beyond(map1, shell, rng)
+    r2 = randomize_phases_beyond(map2, shell, rng)
+    fsc_random = fsc(r1 * mask, r2 * mask)
+    out = corrected_fsc(fsc_masked, fsc_random, shell)
+    hi = (np.arange(out.size) >= shell + 2) & (fsc_random > fsc_masked)
+    out[hi] = 0.0
+    return out, fsc_unmasked, shell
+
+
 def part_fsc(fsc_unmasked, fraction):
     """cisTEM-like part FSC: ``f·FSC / (1 + (f - 1)·FSC)``."""
     f = np.asarray(fsc_unmasked, dtype=np.float64)

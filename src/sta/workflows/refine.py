@@ -43,6 +43,7 @@ class RefineParams:
     flatten_solvent: bool = False
     low_resol_join_halves: float = -1.0
     firstiter_cc: bool = False
+    solvent_correct_fsc: bool = False
     skip_align: bool = False
     adaptive_fraction: float = 0.999
     incr_size: int = 10
@@ -278,6 +279,9 @@ class RefineEngine:
         else:
             idx = np.arange(len(self.coarse_angles))
             pdf = self.model.pdf_direction
+            if pdf is not None and len(pdf) * self.n_psi != len(idx):
+                raise RuntimeError(f"direction prior has {len(pdf)} directions, the sampling "
+                                   f"{len(idx) // self.n_psi}")
             log_po = np.repeat(lk.orientation_log_prior(pdf), self.n_psi) if pdf is not None else np.zeros(len(idx))
         angles = s.perturb_orientations(self.coarse_angles[idx])
         return idx, angles, log_po, idx // self.n_psi

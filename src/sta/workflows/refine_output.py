@@ -39,6 +39,8 @@ class RefineWriter:
         else:
             for h in range(2):
                 write_mrc(f"{pre}_half{h + 1}_class001.mrc", run.models[h].volume, px)
+                if run.solvent_fsc:
+                    write_mrc(f"{pre}_half{h + 1}_class001_unfil.mrc", run.iter_unfil[h], px)
                 self._model(run, h, f"{pre}_half{h + 1}_model.star", f"{pre}_half{h + 1}_class001.mrc")
         self._data(run, f"{pre}_data.star")
         self._sampling(run, f"{pre}_sampling.star")

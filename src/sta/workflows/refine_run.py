@@ -336,10 +336,14 @@ class AutoRefinement:
             if p.low_resol_join_halves > 0:
                 r = int(np.ceil(self.ori * self.px / max(p.low_resol_join_halves, 1.0 / self.current_resolution)))
                 d[0], w[0], d[1], w[1] = fi.join_low_resolution(d[0], w[0], d[1], w[1], r, p.pad)
-            avg = [fi.downsampled_average(d[h], w[h], p.pad) for h in range(2)]
-            fsc = fi.downsampled_fsc(avg[0], avg[1], self.ori)
-            self.fsc = np.zeros(self.ori // 2 + 1)
-            self.fsc[:len(fsc)] = fsc[:self.ori // 2 + 1]
+            if self.solvent_fsc:
+                self.iter_unfil = [fi.reconstruct(d[h], w[h], self.ori, p.pad)[0] for h in range(2)]
+                self.fsc = self._solvent_corrected_fsc(self.iter_unfil, self.current_size)
+            else:
+                avg = [fi.downsampled_average(d[h], w[h], p.pad) for h in range(2)]
+                fsc = fi.downsampled_fsc(avg[0], avg[1], self.ori)
+                self.fsc = np.zeros(self.ori // 2 + 1)
+                self.fsc[:len(fsc)] = fsc[:self.ori // 2 + 1]
             for h in range(2):
                 vol, ssnr = fi.reconstruct(d[h], w[h], self.ori, p.pad, tau2_fudge=p.tau2_fudge, fsc=self.fsc)
                 if p.flatten_solvent:
@@ -367,8 +371,32 @@ class AutoRefinement:
             self._solvent_mask = raised_cosine_sphere((self.ori,) * 3, r, r + self.p.maskedge)
         return self._solvent_mask
 
-    def set_solvent_mask(self, mask):
+    def set_solvent_mask(self, mask, user=True):
         self._solvent_mask = np.asarray(mask, dtype=np.float64)
+        self._user_mask = user
+
+    @property
+    def solvent_fsc(self):
+        """``--solvent_correct_fsc`` with a ``--solvent_mask`` (RELION ignores it without one)."""
+        return self.p.solvent_correct_fsc and getattr(self, "_user_mask", False)
+
+    def _solvent_corrected_fsc(self, unfil, current_size):
+        """Masked, phase-randomisation corrected FSC of the unregularised half maps (zero beyond
+        the current image size, as RELION)."""
+        from sta.kernels.fsc import solvent_corrected_fsc
+
+        log.info(" Calculating solvent-corrected gold-standard FSC ...")
+        rng = np.random.default_rng([self.p.seed, self.iteration, 7])
+        curve, _, shell = solvent_corrected_fsc(unfil[0], unfil[1], self.solvent_mask, rng)
+        if shell < 0:
+            log.warning(" WARNING: FSC curve between unmasked maps never drops below 0.8. Using unmasked FSC "
+                        "as FSC_true...")
+        else:
+            log.info("  + randomize phases beyond: %g Angstroms", self.ori * self.px / shell)
+        out = np.zeros(self.ori // 2 + 1)
+        out[:len(curve)] = curve[:self.ori // 2 + 1]
+        out[current_size // 2 + 1:] = 0.0
+        return out
 
     def _final_maps(self, sums):
         p = self.p
@@ -378,10 +406,13 @@ class AutoRefinement:
             self.unfil.append(vol)
         data = sums[0].data + sums[1].data
         weight = sums[0].weight + sums[1].weight
-        avg = [fi.downsampled_average(s.data, s.weight, p.pad) for s in sums]
-        fsc = fi.downsampled_fsc(avg[0], avg[1], self.ori)
-        self.fsc = np.zeros(self.ori // 2 + 1)
-        self.fsc[:len(fsc)] = fsc[:self.ori // 2 + 1]
+        if self.solvent_fsc:
+            self.fsc = self._solvent_corrected_fsc(self.unfil, self.ori)
+        else:
+            avg = [fi.downsampled_average(s.data, s.weight, p.pad) for s in sums]
+            fsc = fi.downsampled_fsc(avg[0], avg[1], self.ori)
+            self.fsc = np.zeros(self.ori // 2 + 1)
+            self.fsc[:len(fsc)] = fsc[:self.ori // 2 + 1]
         vol, ssnr = fi.reconstruct(data, weight, self.ori, p.pad, tau2_fudge=p.tau2_fudge, fsc=self.fsc,
                                    join_halves=True)
         for m in self.models:
@@ -394,7 +425,8 @@ class AutoRefinement:
         log.info(" Auto-refine: + Final reconstruction from all particles is saved as: %s", "run_class001.mrc")
         log.info(" Auto-refine: + Final model parameters are stored in: %s", "run_model.star")
         log.info(" Auto-refine: + Final data parameters are stored in: %s", "run_data.star")
-        log.info(" Auto-refine: + Final resolution (without masking) is: %g", 1.0 / max(self.current_resolution, 1e-9))
+        masking = "already with masking" if self.solvent_fsc else "without masking"
+        log.info(" Auto-refine: + Final resolution (%s) is: %g", masking, 1.0 / max(self.current_resolution, 1e-9))
 
     def _update_noise(self, m, s):
         p = self.p
@@ -439,6 +471,8 @@ class AutoRefinement:
             if self.iteration > 1 or self.p.firstiter_cc:
                 if self.auto.update_sampling(self.samp):
                     self.sampling.set_orientations(self.samp.healpix_order)
+                    for m in self.models:  # the direction prior restarts uniform at the new order (RELION)
+                        m.pdf_direction = None
             ave_pmax = float(np.mean(self.state.pmax)) if len(self.state.pmax) else 0.0
             fsc_at_limit = float(self.fsc[min(shell, len(self.fsc) - 1)])
             s05 = resolution_shell(self.fsc, 0.5)
