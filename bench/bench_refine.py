@@ -1,5 +1,6 @@
 """Benchmark sta_refine (issue 4): seconds per iteration and per particle at two box sizes,
-peak RSS per rank, and parallel efficiency on 1, 3 and 5 ranks.
+peak RSS per rank, parallel efficiency on 1, 3 and 5 ranks, and 5 ranks with --preread_images
+and --scratch_dir.
 
 Simulates the hexamer (C6) with poses perturbed by 10° / 5 Å, extracts 2D stacks at bin 2
 (box 24, 8 Å) and bin 1 (box 48, 4 Å), reconstructs references, and runs a fixed number of
@@ -39,25 +40,33 @@ def main():
                  str(binning), "--o", f"Reconstruct/b{box}/"], out)
     print(f"project: {n} particles, 41 tilts, C6, local searches (healpix 3), {args.iter} iterations + final")
     rows = {}
-    for box, ranks in ((24, 1), (48, 1), (24, 3), (24, 5)):
+    scratch = out / "scratch"
+    runs = [("b24_np1", 24, 1, []), ("b48_np1", 48, 1, []), ("b24_np3", 24, 3, []), ("b24_np5", 24, 5, []),
+            ("b24_np5_preread", 24, 5, ["--preread_images"]),
+            ("b24_np5_scratch", 24, 5, ["--scratch_dir", str(scratch), "--keep_free_scratch", "0"])]
+    for label, box, ranks, extra in runs:
         cmd = (["mpirun", "-np", str(ranks)] if ranks > 1 else []) + [
-            "sta_refine", "--o", f"Refine/b{box}_np{ranks}/run", "--auto_refine", "--split_random_halves", "--i",
+            "sta_refine", "--o", f"Refine/{label}/run", "--auto_refine", "--split_random_halves", "--i",
             f"Extract/b{box}/particles.star", "--tomograms", "tomograms.star", "--ref", f"Reconstruct/b{box}/merged.mrc",
             "--ini_high", "30", "--ctf", "--particle_diameter", "150", "--flatten_solvent", "--zero_mask",
             "--healpix_order", "3", "--auto_local_healpix_order", "3", "--offset_range", "3", "--offset_step", "1",
-            "--sym", "C6", "--iter", str(args.iter), "--random_seed", "1"]
+            "--sym", "C6", "--iter", str(args.iter), "--random_seed", "1"] + extra
         r = measure(cmd, out)
         iters = args.iter + 1
-        rows[(box, ranks)] = r
-        print(f"box {box:3d} ranks {ranks}: wall {r['wall_s']:7.1f} s, {r['wall_s'] / iters:6.1f} s/iteration, "
+        rows[label] = r
+        print(f"{label:18s} box {box:3d} ranks {ranks}: wall {r['wall_s']:7.1f} s, {r['wall_s'] / iters:6.1f} s/iteration, "
               f"{r['wall_s'] / iters / n * 1000:6.1f} ms per particle-iteration, peak RSS (largest rank) "
               f"{r['peak_rss_mb']:6.1f} MB")
-    t1 = rows[(24, 1)]["wall_s"]
-    for ranks in (3, 5):
+    t1 = rows["b24_np1"]["wall_s"]
+    for label, ranks in (("b24_np3", 3), ("b24_np5", 5)):
         followers = ranks - 1
-        t = rows[(24, ranks)]["wall_s"]
+        t = rows[label]["wall_s"]
         print(f"parallel efficiency 1 -> {ranks} ranks ({followers} followers): speed-up {t1 / t:.2f}x, "
               f"efficiency per follower {t1 / t / followers:.2f} (on {_cores()} cores)")
+    base = rows["b24_np5"]["wall_s"]
+    for label in ("b24_np5_preread", "b24_np5_scratch"):
+        print(f"{label}: {base / rows[label]['wall_s']:.2f}x the speed of reading the stacks every iteration")
+    print("(shared-memory pages of --preread_images count in the RSS of every rank that reads them)")
 
 
 def _cores():

@@ -87,9 +87,13 @@ def test_refinement_recovers_poses(project, refined, monkeypatch):
         assert (project / "Refine3D" / name).exists(), name
     model = read_star(project / "Refine3D" / "run_model.star")
     assert list(model)[:2] == ["model_general", "model_classes"]
-    # the refined poses feed back into the reconstruction
+    # the refined poses feed back into the reconstruction and the extraction
     assert reconstruct_particle.main(["--p", "Refine3D/run_data.star", "--t", "tomograms.star", "--b", "24",
                                       "--bin", "2", "--o", "Reconstruct_refined/", "--j", "1"]) == 0
+    assert subtomo.main(["--p", "Refine3D/run_data.star", "--t", "tomograms.star", "--b", "24", "--bin", "2",
+                         "--stack2d", "--o", "Extract_refined/", "--j", "1"]) == 0
+    assert len(read_star(project / "Extract_refined" / "particles.star")["particles"].df) == len(
+        read_star(project / "Refine3D" / "run_data.star")["particles"].df)
 
 
 def test_continue_reproduces_the_run(project, refined, monkeypatch, capsys):

@@ -66,7 +66,7 @@ import numpy as np
 from sta.backend import get_array_module
 
 _DEFAULT_MAX_BYTES = 64 * 2 ** 20
-_SAMPLER_BYTES = 256  # peak transient bytes per slice pixel of SliceSampler.project (complex128)
+SAMPLER_BYTES = _SAMPLER_BYTES = 256  # peak transient bytes per slice pixel of SliceSampler.project (complex128)
 
 
 # --------------------------------------------------------------------------- grids

@@ -167,6 +167,7 @@ class RefineEngine:
         self.iteration = iteration
         self.local_sigma = local_sigma
         self.group = sampling.group
+        self._shared = None   # (angles, aproj, size, pix, projections) of the last global coarse pass
         coarse = sampling.orientations()
         self.coarse_angles = coarse
         self.n_psi = sampling.n_psi
@@ -258,13 +259,43 @@ class RefineEngine:
         ph = lk.translation_phases(trans_px, sp.aproj, sp.box, size)
         ph_pix = lk.translation_phases(trans_px, sp.aproj, sp.box, size, pix=prep.pix)
         rows = np.arange(len(angles)) if allowed is None else np.flatnonzero(allowed.any(axis=1))
-        proj = self._projector(angles[rows], sp.aproj, size, prep.pix)
+        shared = self._shared_projections(angles, sp.aproj, size, prep.pix) if allowed is None else None
+        if shared is not None:
+            proj = shared
+        else:
+            proj = self._projector(angles[rows], sp.aproj, size, prep.pix)
         d = np.full((len(angles), len(trans_px)), np.inf)
         d[rows] = lk.squared_differences(proj, prep, ph_pix, max_bytes=self.p.max_bytes, scale=scale,
                                          n_orientations=len(rows), dtype=np.float32)
         if allowed is not None:
             d[~allowed] = np.inf
         return d + prep.diff2_constant, prep, ph
+
+    def _shared_projections(self, angles, aproj, size, pix):
+        """Reference slices of a global coarse pass, kept for the next particle of the batch.
+
+        In a global search every particle is compared with the same orientations, and particles
+        of one tomogram without a subtomogram orientation see the same tilt geometry
+        (``Aproj``), so their projections are identical: compute them once per batch (within
+        ``max_bytes``) instead of once per particle.  Returns None when not applicable.
+        """
+        if self.local_sigma is not None or len(angles) < 64:
+            return None
+        n_bytes = len(angles) * len(aproj) * len(pix) * np.dtype(np.complex64).itemsize
+        if n_bytes > self.p.max_bytes:
+            return None
+        c = self._shared
+        if (c is not None and c[2] == size and np.array_equal(c[0], angles) and np.array_equal(c[1], aproj)
+                and np.array_equal(c[3], pix)):
+            return c[4]
+        rots = euler_to_matrix(angles[:, 0], angles[:, 1], angles[:, 2]).reshape(-1, 3, 3)
+        sampler = self.model.sampler
+        out = np.empty((len(angles), len(aproj), len(pix)), dtype=sampler.table.dtype)
+        step = max(1, int(self.p.max_bytes // max(len(aproj) * len(pix) * lk.SAMPLER_BYTES, 1)))
+        for a in range(0, len(angles), step):
+            out[a:a + step] = sampler.project(rots[a:a + step], aproj, size, pix)
+        self._shared = (angles.copy(), np.array(aproj), size, np.array(pix), out)
+        return out
 
     def _coarse_orientations(self, cur):
         """Coarse orientation indices (into ``sampling.orientations()``), perturbed angles,
