@@ -109,7 +109,8 @@ def restore(run, ck):
         for k in _MODEL_ARRAYS[1:]:
             setattr(m, k, arrays[f"h{h}_{k}"].copy())
         m.sigma2 = [row.copy() for row in arrays[f"h{h}_sigma2"]]
-        m.pdf_direction = arrays[f"h{h}_pdf"].copy() if f"h{h}_pdf" in arrays else None
+        pdf = arrays.get(f"h{h}_pdf")
+        m.pdf_direction = pdf.copy() if pdf is not None and len(pdf) == run.sampling.n_directions else None
         m.sigma2_offset = float(meta["halves"][h]["sigma2_offset"])
         m.scales = dict(meta["halves"][h]["scales"])
     run.pick_accuracy_particles()
