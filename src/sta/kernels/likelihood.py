@@ -66,7 +66,7 @@ import numpy as np
 from sta.backend import get_array_module
 
 _DEFAULT_MAX_BYTES = 64 * 2 ** 20
-SAMPLER_BYTES = _SAMPLER_BYTES = 256  # peak transient bytes per slice pixel of SliceSampler.project (complex128)
+SAMPLER_BYTES = 256  # peak transient bytes per slice pixel of SliceSampler.project (complex128)
 
 
 # --------------------------------------------------------------------------- grids
@@ -530,7 +530,7 @@ def squared_differences(model_proj, prepared, trans_phases, max_bytes=_DEFAULT_M
     cw2 = xp.repeat((c * c * w).reshape(-1), 2)
     per_o = m * 16 * 2 + (m * 8 if dtype != np.float64 else 0) + 8 * n_t
     if callable(model_proj):
-        per_o += m * _SAMPLER_BYTES
+        per_o += m * SAMPLER_BYTES
     fixed = y.nbytes + (ys.nbytes if ys.dtype != y.real.dtype else 0)
     out = xp.empty((n_o, n_t))
     for a, b in _orientation_chunks(n_o, per_o, fixed, max_bytes):
@@ -582,7 +582,7 @@ def cross_correlation_scores(model_proj, prepared, trans_phases, max_bytes=_DEFA
     xp.multiply((prepared.images.reshape(f, k) / norm_x[:, None])[None], ph, out=y)
     m = f * k
     ys = _real_pairs(y.reshape(n_t, m), None)
-    per_o = m * (16 * 3) + (m * _SAMPLER_BYTES if callable(model_proj) else 0)
+    per_o = m * (16 * 3) + (m * SAMPLER_BYTES if callable(model_proj) else 0)
     out = xp.empty((n_o, n_t))
     for a, b in _orientation_chunks(n_o, per_o, y.nbytes, max_bytes):
         p = _get_chunk(model_proj, a, b).reshape(b - a, f, k)

@@ -62,10 +62,11 @@ def fsc_against_truth(project_dir, map_path):
 def crossing_resolution(curve, box, px, threshold):
     """Resolution (Å) where ``curve`` first drops below ``threshold`` after shell 0, linearly
     interpolated between shells; Nyquist when it never does."""
-    curve = np.asarray(curve, dtype=float)
-    for k in range(1, len(curve)):
-        if curve[k] < threshold:
-            a, b = curve[k - 1], curve[k]
-            x = (k - 1) + (a - threshold) / (a - b) if k > 1 and a != b else float(k)
-            return box * px / max(x, 1e-9)
-    return 2.0 * px
+    from sta.kernels.fsc import fix_origin, fractional_resolution_shell, resolution_shell
+
+    curve = fix_origin(curve)
+    shell = resolution_shell(curve, threshold)
+    if shell >= len(curve) - 1:
+        return 2.0 * px
+    x = fractional_resolution_shell(curve, shell, threshold) if shell > 0 else 1.0
+    return box * px / x

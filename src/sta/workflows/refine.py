@@ -288,12 +288,11 @@ class RefineEngine:
         if (c is not None and c[2] == size and np.array_equal(c[0], angles) and np.array_equal(c[1], aproj)
                 and np.array_equal(c[3], pix)):
             return c[4]
-        rots = euler_to_matrix(angles[:, 0], angles[:, 1], angles[:, 2]).reshape(-1, 3, 3)
-        sampler = self.model.sampler
-        out = np.empty((len(angles), len(aproj), len(pix)), dtype=sampler.table.dtype)
+        project = self._projector(angles, aproj, size, pix)
+        out = np.empty((len(angles), len(aproj), len(pix)), dtype=self.model.sampler.table.dtype)
         step = max(1, int(self.p.max_bytes // max(len(aproj) * len(pix) * lk.SAMPLER_BYTES, 1)))
         for a in range(0, len(angles), step):
-            out[a:a + step] = sampler.project(rots[a:a + step], aproj, size, pix)
+            out[a:a + step] = project(a, a + step)
         self._shared = (angles.copy(), np.array(aproj), size, np.array(pix), out)
         return out
 

@@ -336,14 +336,9 @@ class AutoRefinement:
             if p.low_resol_join_halves > 0:
                 r = int(np.ceil(self.ori * self.px / max(p.low_resol_join_halves, 1.0 / self.current_resolution)))
                 d[0], w[0], d[1], w[1] = fi.join_low_resolution(d[0], w[0], d[1], w[1], r, p.pad)
-            if self.solvent_fsc:
-                self.iter_unfil = [fi.reconstruct(d[h], w[h], self.ori, p.pad)[0] for h in range(2)]
-                self.fsc = self._solvent_corrected_fsc(self.iter_unfil, self.current_size)
-            else:
-                avg = [fi.downsampled_average(d[h], w[h], p.pad) for h in range(2)]
-                fsc = fi.downsampled_fsc(avg[0], avg[1], self.ori)
-                self.fsc = np.zeros(self.ori // 2 + 1)
-                self.fsc[:len(fsc)] = fsc[:self.ori // 2 + 1]
+            self.iter_unfil = ([fi.reconstruct(d[h], w[h], self.ori, p.pad)[0] for h in range(2)]
+                               if self.solvent_fsc else None)
+            self.fsc = self._gold_standard_fsc(d, w, self.iter_unfil, self.current_size)
             for h in range(2):
                 vol, ssnr = fi.reconstruct(d[h], w[h], self.ori, p.pad, tau2_fudge=p.tau2_fudge, fsc=self.fsc)
                 if p.flatten_solvent:
@@ -371,9 +366,9 @@ class AutoRefinement:
             self._solvent_mask = raised_cosine_sphere((self.ori,) * 3, r, r + self.p.maskedge)
         return self._solvent_mask
 
-    def set_solvent_mask(self, mask, user=True):
+    def set_solvent_mask(self, mask):
         self._solvent_mask = np.asarray(mask, dtype=np.float64)
-        self._user_mask = user
+        self._user_mask = True
 
     @property
     def solvent_fsc(self):
@@ -393,9 +388,22 @@ class AutoRefinement:
                         "as FSC_true...")
         else:
             log.info("  + randomize phases beyond: %g Angstroms", self.ori * self.px / shell)
+        out = self._shell_curve(curve)
+        out[current_size // 2 + 1:] = 0.0
+        return out
+
+    def _gold_standard_fsc(self, data, weight, unfil, current_size):
+        """FSC between the half sets: of their downsampled averages, or with
+        ``--solvent_correct_fsc`` masked and corrected from the unregularised maps ``unfil``."""
+        if self.solvent_fsc:
+            return self._solvent_corrected_fsc(unfil, current_size)
+        avg = [fi.downsampled_average(d, w, self.p.pad) for d, w in zip(data, weight)]
+        return self._shell_curve(fi.downsampled_fsc(avg[0], avg[1], self.ori))
+
+    def _shell_curve(self, curve):
+        """``curve`` on shells 0..ori/2 (cut or padded with zeros)."""
         out = np.zeros(self.ori // 2 + 1)
         out[:len(curve)] = curve[:self.ori // 2 + 1]
-        out[current_size // 2 + 1:] = 0.0
         return out
 
     def _final_maps(self, sums):
@@ -406,13 +414,7 @@ class AutoRefinement:
             self.unfil.append(vol)
         data = sums[0].data + sums[1].data
         weight = sums[0].weight + sums[1].weight
-        if self.solvent_fsc:
-            self.fsc = self._solvent_corrected_fsc(self.unfil, self.ori)
-        else:
-            avg = [fi.downsampled_average(s.data, s.weight, p.pad) for s in sums]
-            fsc = fi.downsampled_fsc(avg[0], avg[1], self.ori)
-            self.fsc = np.zeros(self.ori // 2 + 1)
-            self.fsc[:len(fsc)] = fsc[:self.ori // 2 + 1]
+        self.fsc = self._gold_standard_fsc([s.data for s in sums], [s.weight for s in sums], self.unfil, self.ori)
         vol, ssnr = fi.reconstruct(data, weight, self.ori, p.pad, tau2_fudge=p.tau2_fudge, fsc=self.fsc,
                                    join_halves=True)
         for m in self.models:
