@@ -227,6 +227,9 @@ class PreparedParticle:
         ``Σ_f Σ_k inv_sigma2 |X_f|²`` (the image term of diff2).
     sqrt_xi2 : (n_img,) float
         ``sqrt(Σ_window |X_f|²)`` (cross-correlation normaliser).
+    noise_weight : (n_img, cs, csh) float or None
+        Per-pixel noise factor of the CTF-weighted noise model (:func:`ctf_noise_weight`);
+        ``inv_sigma2`` is then per image, ``(n_img, cs, csh)``.
     """
 
     images: object
@@ -243,6 +246,7 @@ class PreparedParticle:
     highres_xi2: object
     x2: float
     sqrt_xi2: object
+    noise_weight: object = None
 
     @property
     def n_img(self):
@@ -258,8 +262,22 @@ def _to_window(arr, cs):
     return arr if arr.shape[-2] == cs else window_half_spectrum(arr, cs)
 
 
+def ctf_noise_weight(ctf2, floor=0.01):
+    """``1/max(Fctf_f, floor·max Fctf_f)`` per pixel of every image ``f``: the noise of a
+    premultiplied image is the raw noise times its CTF, so its variance at a pixel is
+    ``Fctf·σ²_raw`` rather than the shell mean that RELION assumes.  The floor (relative to
+    each image's maximum, so dose-attenuated tilts keep their own scale) keeps CTF zeros,
+    where signal and noise both vanish, from dominating when the premultiplying CTF differs
+    slightly from ours."""
+    xp = get_array_module(ctf2)
+    c = xp.asarray(ctf2, dtype=float)
+    top = c.reshape(c.shape[0], -1).max(axis=1) if c.ndim == 3 else c.max()
+    top = xp.maximum(top, 1e-30)
+    return 1.0 / xp.maximum(c, floor * (top[:, None, None] if c.ndim == 3 else top))
+
+
 def prepare_particle(images_ft, ctf2, aproj, inv_sigma2, current_size=None, images_nomask_ft=None,
-                     bp_inv_sigma2=None):
+                     bp_inv_sigma2=None, noise_weight=None):
     """Window one particle's stack to the current size and precompute its constants.
 
     Parameters
@@ -279,6 +297,11 @@ def prepare_particle(images_ft, ctf2, aproj, inv_sigma2, current_size=None, imag
         Unmasked spectra for back-projection (default: ``images_ft``).
     bp_inv_sigma2 : same shape as ``inv_sigma2``, optional
         Back-projection factor ``1/σ²`` (default ``2·inv_sigma2``, i.e. origin excluded).
+    noise_weight : (n_img, s, s//2+1) float, optional
+        CTF-weighted noise model (:func:`ctf_noise_weight`): σ² is then the raw-image noise
+        and every pixel's variance is ``σ²/noise_weight``; the diff2 weights and the power
+        spectra (σ² sums beyond the current size) are multiplied by it.  The back-projection
+        factor stays per shell.
     """
     xp = get_array_module(images_ft)
     s = images_ft.shape[-2]
@@ -297,15 +320,22 @@ def prepare_particle(images_ft, ctf2, aproj, inv_sigma2, current_size=None, imag
         bpw = 2.0 * w
     else:
         bpw = _to_window(xp.asarray(bp_inv_sigma2, dtype=float), cs) * (resol >= 0)
-    pix = xp.nonzero(w.ravel() > 0)[0]
-    power = power_spectra(images_ft)
+    nw = None
+    if noise_weight is not None:
+        nw = _to_window(xp.asarray(noise_weight, dtype=float), cs)
+        w = w * nw
+        power = power_spectra(images_ft * xp.sqrt(xp.asarray(noise_weight, dtype=float)))
+    else:
+        power = power_spectra(images_ft)
+    pix = xp.nonzero((w.reshape(-1, w.shape[-2] * w.shape[-1]) > 0).any(axis=0))[0]
     highres = power[:, cs // 2 + 1:].sum(axis=1) if cs < s else xp.zeros(n)
     ax2 = x.real ** 2 + x.imag ** 2
     x2 = float(xp.sum(ax2 * w))
     sqrt_xi2 = xp.sqrt(ax2.reshape(n, -1).sum(axis=1))
     return PreparedParticle(images=x, images_nomask=x_nm, ctf2=c2, aproj=xp.asarray(aproj, dtype=float),
                             inv_sigma2=w, bp_inv_sigma2=bpw, ori_size=s, current_size=cs, pix=pix,
-                            resol=resol, power=power, highres_xi2=highres, x2=x2, sqrt_xi2=sqrt_xi2)
+                            resol=resol, power=power, highres_xi2=highres, x2=x2, sqrt_xi2=sqrt_xi2,
+                            noise_weight=nw)
 
 
 # --------------------------------------------------------------------------- translations
@@ -434,6 +464,12 @@ class SliceSampler:
         """
         xp = self.xp
         m = xp.matmul(xp.asarray(aproj, dtype=float)[None], xp.asarray(rotations, dtype=float)[:, None])
+        return self.project_matrices(m, current_size, pix)
+
+    def project_matrices(self, m, current_size, pix=None):
+        """As :meth:`project` for explicit slice matrices ``m`` (n_o, n_img, 3, 3) = ``Aproj_f · A_of``
+        (every image may have its own orientation)."""
+        xp = self.xp
         minv = (xp.linalg.inv(m) * self.scale).astype(self.real_dtype)  # (n_o, F, 3, 3)
         ky, kx = window_frequencies(current_size, xp)
         ky = xp.broadcast_to(ky, (current_size, current_size // 2 + 1)).ravel()
@@ -518,7 +554,8 @@ def squared_differences(model_proj, prepared, trans_phases, max_bytes=_DEFAULT_M
     n_pix = pix.shape[0]
     f = prepared.n_img
     n_o = _count_orientations(model_proj, n_orientations)
-    w = prepared.inv_sigma2.ravel()[pix]
+    inv = prepared.inv_sigma2
+    w = inv.reshape(-1, inv.shape[-2] * inv.shape[-1])[:, pix]      # (1 or n_img, n_pix)
     x = prepared.images.reshape(f, -1)[:, pix]
     c = scale * prepared.ctf2.reshape(f, -1)[:, pix]
     ph = _flat_pixels(trans_phases, pix)
@@ -828,6 +865,8 @@ def noise_sums(weights, model_proj, prepared, trans_phases, scale=1.0, ssnr=None
     per_pix = (float(w.sum()) * (x.real ** 2 + x.imag ** 2)
                + xp.einsum("o,ofyx->fyx", wsum, a.real ** 2 + a.imag ** 2)
                - 2.0 * (a.real * wimg.real + a.imag * wimg.imag).sum(axis=0))
+    if prepared.noise_weight is not None:
+        per_pix = per_pix * prepared.noise_weight
     resol = prepared.resol
     ok = resol >= 0
     nsh = prepared.ori_size // 2 + 1

@@ -55,6 +55,7 @@ class RefineParams:
     seed: int = 0
     max_bytes: int = 256 * 2 ** 20
     perturb: float = 0.5
+    ctf_noise: bool = True    # per-pixel noise Fctf·σ² of premultiplied stacks (False: RELION's shell σ²)
 
 
 class HalfModel:
@@ -178,25 +179,37 @@ class RefineEngine:
                         self.groups)
 
     # ------------------------------------------------------------------ one particle
-    def accuracy(self, sp, images, result, scale, sigma2):
-        """RELION's accuracy estimate for one particle: the rotation angle (deg) and shift (Å)
-        away from the best pose at which the likelihood ratio falls to 0.01
-        (Δdiff2 = 4.605), probed along a fixed axis at doubling steps."""
-        x = centred_rfft(images.astype(np.float64), ndim=2)
-        fctf = sp.fctf() if self.p.do_ctf else np.ones((sp.n_img, sp.box, sp.box // 2 + 1))
-        best = euler_to_matrix(*result.angles)
-        steps = np.array([0.0, 0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0])
-        axis = np.array([1.0, 1.0, 1.0]) / np.sqrt(3.0)
-        rots = [best @ _axis_rotation(axis, a) for a in steps]
-        from sta.geometry.euler import matrix_to_euler
+    def accuracy(self, sp, result, sigma2, rng):
+        """RELION's expected accuracy of one particle at its pose (``result``): the rotation
+        (deg) and shift (Å) at which the reference changes by a likelihood ratio of 0.01
+        (:mod:`sta.kernels.accuracy`; reference only, no data)."""
+        from sta.kernels import accuracy as acc
 
-        angles = np.stack(matrix_to_euler(np.stack(rots)), -1)
-        t0 = result.offset / sp.pixel_size
-        d_rot, _, _ = self._diff2(x, x, fctf, sp, angles, t0[None], self.cs, sigma2, scale)
-        shifts = t0[None] + steps[:, None] * axis[None] / 2.0
-        d_tr, _, _ = self._diff2(x, x, fctf, sp, result.angles[None], shifts, self.cs, sigma2, scale)
-        return (_crossing(steps, d_rot[:, 0] - d_rot[0, 0]),
-                _crossing(steps / 2.0, d_tr[0] - d_tr[0, 0]) * sp.pixel_size)
+        cs = self.cs
+        fctf = sp.fctf() if self.p.do_ctf else np.ones((sp.n_img, sp.box, sp.box // 2 + 1))
+        inv, _ = lk.noise_maps(sigma2, cs)
+        fctf = np.asarray(fctf, dtype=float)
+        w = lk.window_half_spectrum(fctf, cs)
+        inv = inv * (lk.resolution_index(cs) > 0)
+        pix = np.flatnonzero(inv.ravel() > 0)
+        ctf2 = w.reshape(sp.n_img, -1)[:, pix]
+        inv_pix = inv.ravel()[pix]
+        if self.p.ctf_noise:
+            inv_pix = inv_pix * lk.window_half_spectrum(lk.ctf_noise_weight(fctf), cs).reshape(sp.n_img, -1)[:, pix]
+        aproj = np.asarray(sp.aproj, dtype=float)
+        sampler = self.model.sampler
+
+        def project(eul):
+            rots = euler_to_matrix(eul[..., 0], eul[..., 1], eul[..., 2]).reshape(eul.shape[:2] + (3, 3))
+            return sampler.project_matrices(np.matmul(aproj[None], rots), cs, pix)
+
+        choice_rot = rng.integers(0, 3, sp.n_img)
+        choice_tr = rng.integers(0, 3, sp.n_img)
+        ang = acc.expected_angular_error(project, result.angles, ctf2, inv_pix, choice_rot)
+        ref = project(np.asarray(result.angles, float)[None, None].repeat(sp.n_img, axis=1))[0]
+        shift = acc.expected_shift_error(
+            ref, lambda t: lk.translation_phases(t, aproj, sp.box, cs, pix=pix), ctf2, inv_pix, choice_tr)
+        return ang, shift * sp.pixel_size
 
     def expect(self, sp, images, state, sums, rng):
         """E-step of one particle; accumulates into ``sums``; returns :class:`ParticleResult`.
@@ -209,10 +222,11 @@ class RefineEngine:
         sigma2 = m.sigma2[og]
         px = sp.pixel_size
         radius = p.particle_diameter / (2.0 * px)
-        masked = mask_images(images, radius, p.maskedge, p.zero_mask, sigma2, rng)
+        fctf = sp.fctf() if p.do_ctf else np.ones((sp.n_img, sp.box, sp.box // 2 + 1))
+        nw = lk.ctf_noise_weight(fctf) if p.ctf_noise else None
+        masked = mask_images(images, radius, p.maskedge, p.zero_mask, _fill_sigma2(sigma2, fctf, nw), rng)
         x_mask = centred_rfft(masked.astype(np.float64), ndim=2)
         x_full = centred_rfft(images.astype(np.float64), ndim=2)
-        fctf = sp.fctf() if p.do_ctf else np.ones((sp.n_img, sp.box, sp.box // 2 + 1))
         scale = m.scales.get(sp.tomo, 1.0) if p.do_scale else 1.0
         cur = np.asarray(state["angles"], float)
         cur_off_px = np.asarray(state["offset"], float) / px
@@ -220,7 +234,8 @@ class RefineEngine:
         if p.skip_align:
             angles_f = cur[None]
             trans_f = cur_off_px[None]
-            diff2, prep_f, ph_f = self._diff2(x_mask, x_full, fctf, sp, angles_f, trans_f, self.cs, sigma2, scale)
+            diff2, prep_f, ph_f = self._diff2(x_mask, x_full, fctf, sp, angles_f, trans_f, self.cs, sigma2, scale,
+                                              nw=nw)
             post = lk.weights_from_diff2(diff2, adaptive_fraction=1.0)
             dir_idx = self._direction_index(angles_f)
         else:
@@ -231,20 +246,21 @@ class RefineEngine:
             if p.firstiter_cc and self.iteration == 1:
                 angles_f, trans_f, dir_idx = angles_c, trans_c, dir_c
                 inv, bp = lk.noise_maps(sigma2, self.cs)
-                prep_f = lk.prepare_particle(x_mask, fctf, sp.aproj, inv, self.cs, x_full, bp)
+                prep_f = lk.prepare_particle(x_mask, fctf, sp.aproj, inv, self.cs, x_full, bp, noise_weight=nw)
                 ph_f = lk.translation_phases(trans_f, sp.aproj, sp.box, self.cs)
                 proj = self._projector(angles_f, sp.aproj, self.cs)
                 scores = lk.cross_correlation_scores(proj, prep_f, ph_f, max_bytes=p.max_bytes, scale=scale,
                                                      n_orientations=len(angles_f))
                 post = lk.weights_from_cc(scores, sp.n_img)
             else:
-                diff2_c, _, _ = self._diff2(x_mask, x_full, fctf, sp, angles_c, trans_c, self.coarse, sigma2, scale)
+                diff2_c, _, _ = self._diff2(x_mask, x_full, fctf, sp, angles_c, trans_c, self.coarse, sigma2, scale,
+                                            nw=nw)
                 post_c = lk.weights_from_diff2(diff2_c, log_po_c, log_pt_c, p.adaptive_fraction)
                 angles_f, log_po, dir_idx, trans_f, allowed = self._oversample(idx_c, angles_c, log_po_c, dir_c,
                                                                                trial_c, cur_off_px, px, post_c)
                 log_pt = lk.offset_log_prior(trans_f, prior_px, max(m.sigma2_offset, 0.0), px)
                 diff2, prep_f, ph_f = self._diff2(x_mask, x_full, fctf, sp, angles_f, trans_f, self.cs, sigma2,
-                                                  scale, allowed=allowed)
+                                                  scale, allowed=allowed, nw=nw)
                 post = lk.weights_from_diff2(diff2, log_po, log_pt, p.adaptive_fraction)
         return self._accumulate(sp, og, post, angles_f, trans_f, dir_idx, prep_f, ph_f, scale, prior_px, sums)
 
@@ -253,9 +269,9 @@ class RefineEngine:
         sampler = self.model.sampler
         return lambda a, b: sampler.project(rots[a:b], aproj, size, pix)
 
-    def _diff2(self, x_mask, x_full, fctf, sp, angles, trans_px, size, sigma2, scale, allowed=None):
+    def _diff2(self, x_mask, x_full, fctf, sp, angles, trans_px, size, sigma2, scale, allowed=None, nw=None):
         inv, bp = lk.noise_maps(sigma2, size)
-        prep = lk.prepare_particle(x_mask, fctf, sp.aproj, inv, size, x_full, bp)
+        prep = lk.prepare_particle(x_mask, fctf, sp.aproj, inv, size, x_full, bp, noise_weight=nw)
         ph = lk.translation_phases(trans_px, sp.aproj, sp.box, size)
         ph_pix = lk.translation_phases(trans_px, sp.aproj, sp.box, size, pix=prep.pix)
         rows = np.arange(len(angles)) if allowed is None else np.flatnonzero(allowed.any(axis=1))
@@ -383,22 +399,17 @@ class RefineEngine:
                               acc_spread=spread)
 
 
-def _axis_rotation(axis, angle_deg):
-    a = np.deg2rad(angle_deg)
-    k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
-    return np.eye(3) + np.sin(a) * k + (1 - np.cos(a)) * (k @ k)
-
-
-def _crossing(steps, ddiff2, level=4.60517):
-    """First step where the diff2 increase exceeds ``level`` (linear interpolation)."""
-    above = np.flatnonzero(ddiff2 >= level)
-    if not above.size:
-        return float(steps[-1])
-    i = above[0]
-    if i == 0:
-        return float(steps[0])
-    x0, x1, y0, y1 = steps[i - 1], steps[i], ddiff2[i - 1], ddiff2[i]
-    return float(x0 + (level - y0) * (x1 - x0) / max(y1 - y0, 1e-12))
+def _fill_sigma2(sigma2, fctf, noise_weight):
+    """σ² spectrum of the noise that fills the masked-out area: with the CTF-weighted noise
+    model σ² is per unit CTF², so scale it by the shell mean of ``Fctf`` of this stack."""
+    if noise_weight is None:
+        return sigma2
+    box = fctf.shape[-2]
+    r = np.round(radius_grid_2d(box)).astype(int)
+    ok = r < len(sigma2)
+    mean = np.bincount(r[ok], fctf.sum(axis=0)[ok], len(sigma2)) / np.maximum(
+        np.bincount(r[ok], minlength=len(sigma2)) * fctf.shape[0], 1)
+    return sigma2 * mean
 
 
 def _angular_spread(rots, best_angles, weights):
@@ -410,9 +421,10 @@ def _angular_spread(rots, best_angles, weights):
     return float(np.sqrt((w * ang * ang).sum()))
 
 
-def initial_sigma2(stack_particles, read_images, n_per_group, optics_index, n_optics, ori):
+def initial_sigma2(stack_particles, read_images, n_per_group, optics_index, n_optics, ori, ctf_noise=False):
     """σ² of the first iteration: half the mean power per shell of the images of the first
-    ``n_per_group`` particles of each optics group (E|X|² = 2σ² for complex noise)."""
+    ``n_per_group`` particles of each optics group (E|X|² = 2σ² for complex noise); with
+    ``ctf_noise`` of the images weighted by :func:`~sta.kernels.likelihood.ctf_noise_weight`."""
     n_shells = ori // 2 + 1
     sums = np.zeros((n_optics, n_shells))
     counts = np.zeros(n_optics)
@@ -424,7 +436,8 @@ def initial_sigma2(stack_particles, read_images, n_per_group, optics_index, n_op
         if taken[og] >= n_per_group:
             continue
         x = centred_rfft(read_images(sp).astype(np.float64), ndim=2)
-        p = (x.real ** 2 + x.imag ** 2).sum(axis=0)
+        p = x.real ** 2 + x.imag ** 2
+        p = (p * lk.ctf_noise_weight(sp.fctf()) if ctf_noise else p).sum(axis=0)
         ok = r < n_shells
         sums[og] += np.bincount(r[ok], p[ok], minlength=n_shells)[:n_shells]
         counts[og] += sp.n_img

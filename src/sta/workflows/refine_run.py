@@ -131,7 +131,8 @@ class AutoRefinement:
         sig = None
         first_reader = 0 if self.comm.Get_size() == 1 else 1
         if self.comm.Get_rank() == first_reader:
-            sig = initial_sigma2(stack_particles, self._read, 10, self.optics_index, n_optics, self.ori)
+            sig = initial_sigma2(stack_particles, self._read, 10, self.optics_index, n_optics, self.ori,
+                                 ctf_noise=params.ctf_noise)
         if self.comm.Get_size() > 1:
             sig = self.comm.bcast(sig, root=first_reader)
         for m in self.models:
@@ -287,8 +288,8 @@ class AutoRefinement:
             res = engine.expect(sp, images, st, sums, rng)
             if int(i) in self.accuracy_particles:
                 og = self.optics_index[sp.index]
-                scale = self.models[h].scales.get(sp.tomo, 1.0) if self.p.do_scale else 1.0
-                res.acc_rot, res.acc_trans = engine.accuracy(sp, images, res, scale, self.models[h].sigma2[og])
+                res.acc_rot, res.acc_trans = engine.accuracy(sp, res, self.models[h].sigma2[og],
+                                                             np.random.default_rng([self.p.seed, int(i), 11]))
             out[int(i)] = res
             if progress is not None:
                 progress(k + 1)
