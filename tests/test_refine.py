@@ -260,3 +260,29 @@ def test_solvent_correct_fsc(project, monkeypatch, capsys):
     a = corrected["rlnGoldStandardFsc"].to_numpy()
     b = plain["rlnGoldStandardFsc"].to_numpy()
     assert not np.allclose(a, b) and a[1] > 0.9
+
+
+def test_ctf_noise_model_is_more_cautious(project, refined, monkeypatch):
+    """--ctf_noise: per-pixel CTF²·σ² noise of the premultiplied stacks.  After the same two
+    iterations as the RELION-model run (`refined`), σ² (raw-image noise, per unit CTF²) is larger
+    than RELION's shell mean at the signal shells, the accuracy estimate is less optimistic, and
+    the poses still improve from the 10° perturbation."""
+    monkeypatch.chdir(project)
+    assert refine.main(["--o", "Rctf/run"] + REFINE_ARGS + ["--iter", "2", "--ctf_noise"]) == 0
+
+    def overall(path):
+        df = read_star(path)["optimiser_general"].df
+        return float(df["rlnOverallAccuracyRotations"].iloc[0])
+
+    def sigma2(path):
+        return read_star(path)["model_optics_group_1"].df["rlnSigma2Noise"].to_numpy()
+
+    acc_ctf = overall(project / "Rctf" / "run_it002_optimiser.star")
+    acc_rel = overall(project / "Refine3D" / "run_it002_optimiser.star")
+    s_ctf = sigma2(project / "Rctf" / "run_it002_half1_model.star")
+    s_rel = sigma2(project / "Refine3D" / "run_it002_half1_model.star")
+    print(f"accuracy estimate after 2 iterations: --ctf_noise {acc_ctf:.2f} deg, RELION model {acc_rel:.2f} deg")
+    assert acc_ctf > 1.2 * acc_rel
+    assert np.median(s_ctf[2:10] / s_rel[2:10]) > 1.5
+    a, _ = errors(project, "Rctf/run_data.star")
+    assert a < 6.0, a

@@ -98,7 +98,7 @@ def build_refinement(args, comm, argv, resume=None):
         skip_align=args.skip_align, adaptive_fraction=args.adaptive_fraction, incr_size=args.incr_size,
         maskedge=args.maskedge, do_scale=args.scale and not args.no_scale, min_sigma2_offset=args.min_sigma2_offset,
         offset_prior_sigma=args.offset, max_iter=args.iter if args.iter > 0 else 999, seed=seed,
-        perturb=args.perturb, ctf_noise=bool(args.ctf) and not args.relion_noise)
+        perturb=args.perturb, ctf_noise=bool(args.ctf) and args.ctf_noise)
     if args.solvent_correct_fsc and not args.solvent_mask:
         log.warning(" WARNING: --solvent_correct_fsc has no effect without --solvent_mask (as in RELION)")
     if not args.ctf:

@@ -86,9 +86,9 @@ def add_args(parser):
     g.add_argument("--ctf", action="store_true", help="CTF correction (premultiplied stacks: CTF²)")
     g.add_argument("--scale", action="store_true", help="per-tomogram intensity-scale correction")
     g.add_argument("--no_scale", action="store_true", help="no scale correction")
-    g.add_argument("--relion_noise", action="store_true",
-                   help="sta extension: RELION's per-shell noise for premultiplied stacks (default: each pixel's "
-                        "noise variance is CTF²·σ², see docs/deviations.md)")
+    g.add_argument("--ctf_noise", action="store_true",
+                   help="sta extension: each pixel of a premultiplied stack has noise variance CTF²·σ² (default: "
+                        "RELION's per-shell σ²; see docs/deviations.md)")
     g = parser.add_argument_group("Computation")
     g.add_argument("--j", type=_cli.positive_int, default=1, help="threads (FFT)")
     g.add_argument("--preread_images", action="store_true",

@@ -55,7 +55,7 @@ class RefineParams:
     seed: int = 0
     max_bytes: int = 256 * 2 ** 20
     perturb: float = 0.5
-    ctf_noise: bool = True    # per-pixel noise Fctf·σ² of premultiplied stacks (False: RELION's shell σ²)
+    ctf_noise: bool = False   # --ctf_noise: per-pixel noise Fctf·σ² of premultiplied stacks (False: RELION's shell σ²)
 
 
 class HalfModel:
