@@ -58,7 +58,7 @@ def expected_angular_error(project, angles, ctf2, inv_sigma2, choice):
         (each image rotated by its own angles)
     angles : (3,) rot, tilt, psi (deg) of the particle
     ctf2 : (n_img, n_pix) ``Fctf`` of the pixels
-    inv_sigma2 : (n_pix,) ``1/(2σ²)``, 0 on unused pixels
+    inv_sigma2 : (n_pix,) or (n_img, n_pix) ``1/(2σ²)`` (per image with ``--ctf_noise``), 0 on unused pixels
     choice : (n_img,) int 0/1/2, which Euler angle is moved for each image
     """
     xp = get_array_module(ctf2)

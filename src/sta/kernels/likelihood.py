@@ -270,10 +270,9 @@ def ctf_noise_weight(ctf2, floor=0.01):
     where signal and noise both vanish, from dominating when the premultiplying CTF differs
     slightly from ours."""
     xp = get_array_module(ctf2)
-    c = xp.asarray(ctf2, dtype=float)
-    top = c.reshape(c.shape[0], -1).max(axis=1) if c.ndim == 3 else c.max()
-    top = xp.maximum(top, 1e-30)
-    return 1.0 / xp.maximum(c, floor * (top[:, None, None] if c.ndim == 3 else top))
+    c = xp.asarray(ctf2, dtype=float)                                   # (n_img, s, s//2+1)
+    top = xp.maximum(c.reshape(c.shape[0], -1).max(axis=1), 1e-30)
+    return 1.0 / xp.maximum(c, floor * top[:, None, None])
 
 
 def prepare_particle(images_ft, ctf2, aproj, inv_sigma2, current_size=None, images_nomask_ft=None,
@@ -322,9 +321,10 @@ def prepare_particle(images_ft, ctf2, aproj, inv_sigma2, current_size=None, imag
         bpw = _to_window(xp.asarray(bp_inv_sigma2, dtype=float), cs) * (resol >= 0)
     nw = None
     if noise_weight is not None:
-        nw = _to_window(xp.asarray(noise_weight, dtype=float), cs)
+        full = xp.asarray(noise_weight, dtype=float)
+        nw = _to_window(full, cs)
         w = w * nw
-        power = power_spectra(images_ft * xp.sqrt(xp.asarray(noise_weight, dtype=float)))
+        power = power_spectra(images_ft * xp.sqrt(full))
     else:
         power = power_spectra(images_ft)
     pix = xp.nonzero((w.reshape(-1, w.shape[-2] * w.shape[-1]) > 0).any(axis=0))[0]

@@ -186,16 +186,13 @@ class RefineEngine:
         from sta.kernels import accuracy as acc
 
         cs = self.cs
-        fctf = sp.fctf() if self.p.do_ctf else np.ones((sp.n_img, sp.box, sp.box // 2 + 1))
-        inv, _ = lk.noise_maps(sigma2, cs)
-        fctf = np.asarray(fctf, dtype=float)
-        w = lk.window_half_spectrum(fctf, cs)
-        inv = inv * (lk.resolution_index(cs) > 0)
+        fctf, nw = self._ctf(sp)
+        inv, _ = lk.noise_maps(sigma2, cs)   # 0 where ires <= 0, as RELION's Mresol test
         pix = np.flatnonzero(inv.ravel() > 0)
-        ctf2 = w.reshape(sp.n_img, -1)[:, pix]
+        ctf2 = lk.window_half_spectrum(fctf, cs).reshape(sp.n_img, -1)[:, pix]
         inv_pix = inv.ravel()[pix]
-        if self.p.ctf_noise:
-            inv_pix = inv_pix * lk.window_half_spectrum(lk.ctf_noise_weight(fctf), cs).reshape(sp.n_img, -1)[:, pix]
+        if nw is not None:
+            inv_pix = inv_pix * lk.window_half_spectrum(nw, cs).reshape(sp.n_img, -1)[:, pix]
         aproj = np.asarray(sp.aproj, dtype=float)
         sampler = self.model.sampler
 
@@ -222,8 +219,7 @@ class RefineEngine:
         sigma2 = m.sigma2[og]
         px = sp.pixel_size
         radius = p.particle_diameter / (2.0 * px)
-        fctf = sp.fctf() if p.do_ctf else np.ones((sp.n_img, sp.box, sp.box // 2 + 1))
-        nw = lk.ctf_noise_weight(fctf) if p.ctf_noise else None
+        fctf, nw = self._ctf(sp)
         masked = mask_images(images, radius, p.maskedge, p.zero_mask, _fill_sigma2(sigma2, fctf, nw), rng)
         x_mask = centred_rfft(masked.astype(np.float64), ndim=2)
         x_full = centred_rfft(images.astype(np.float64), ndim=2)
@@ -263,6 +259,14 @@ class RefineEngine:
                                                   scale, allowed=allowed, nw=nw)
                 post = lk.weights_from_diff2(diff2, log_po, log_pt, p.adaptive_fraction)
         return self._accumulate(sp, og, post, angles_f, trans_f, dir_idx, prep_f, ph_f, scale, prior_px, sums)
+
+    def _ctf(self, sp):
+        """``Fctf`` of the particle's images (ones without ``--ctf``) and, with ``--ctf_noise``,
+        its per-pixel noise weight (else None)."""
+        if not self.p.do_ctf:
+            return np.ones((sp.n_img, sp.box, sp.box // 2 + 1)), None
+        fctf = np.asarray(sp.fctf(), dtype=float)
+        return fctf, (lk.ctf_noise_weight(fctf) if self.p.ctf_noise else None)
 
     def _projector(self, angles, aproj, size, pix=None):
         rots = euler_to_matrix(angles[:, 0], angles[:, 1], angles[:, 2]).reshape(-1, 3, 3)
