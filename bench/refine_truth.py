@@ -13,7 +13,9 @@ Simulates the HIV-1 capsid hexamer (C6) in several tomograms (>= 200 particles, 
 
 Prints numbers from one run, and PASS/FAIL per criterion of the issue; nothing else.
 
-Usage: python bench/refine_truth.py [--out DIR] [--np 5] [--tomograms 5] [--particles 48] [--snr 0.05]
+``--volume`` refines 3D pseudo-subtomograms (sta_subtomo without ``--stack2d``) of the same project.
+
+Usage: python bench/refine_truth.py [--out DIR] [--np 5] [--tomograms 5] [--particles 48] [--snr 0.05] [--volume]
 """
 
 import argparse
@@ -51,6 +53,8 @@ def main():
     ap.add_argument("--bin", type=int, default=2, choices=(1, 2), help="binning of the refinement (box 48 / 24)")
     ap.add_argument("--healpix_order", type=int, default=3)
     ap.add_argument("--auto_local_healpix_order", type=int, default=3)
+    ap.add_argument("--volume", action="store_true",
+                    help="refine 3D pseudo-subtomograms (sta_subtomo without --stack2d) instead of 2D stacks")
     ap.add_argument("--skip_setup", action="store_true", help="reuse the simulated project in --out")
     ap.add_argument("--extra", default="", help="extra sta_refine arguments")
     args = ap.parse_args()
@@ -64,16 +68,18 @@ def main():
              str(args.tomograms), "--particles", str(args.particles), "--snr", str(args.snr), "--seed", str(args.seed),
              "--perturb-angles", "10", "--perturb-offsets", "5"], None, Path("/tmp/refine_truth_sim.log"))
     box = 48 // args.bin
-    if not args.skip_setup or not (out / f"Extract_bin{args.bin}").exists():
-        run(mpi + ["sta_subtomo", "--i", "optimisation_set_perturbed.star", "--b", str(box), "--bin", str(args.bin),
-                   "--stack2d", "--o", f"Extract_bin{args.bin}/"], out, out / "subtomo.log")
+    extract = f"Extract{'3D' if args.volume else ''}_bin{args.bin}"
+    if not args.skip_setup or not (out / extract / "particles.star").exists():
+        run(mpi + ["sta_subtomo", "--i", "optimisation_set_perturbed.star", "--b", str(box), "--bin", str(args.bin)]
+            + ([] if args.volume else ["--stack2d"]) + ["--o", f"{extract}/"], out, out / "subtomo.log")
+    if not args.skip_setup or not (out / f"Reconstruct_bin{args.bin}" / "merged.mrc").exists():
         run(mpi + ["sta_reconstruct_particle", "--i", "optimisation_set_perturbed.star", "--b", str(box), "--bin",
                    str(args.bin), "--sym", "C6", "--o", f"Reconstruct_bin{args.bin}/"], out, out / "reconstruct.log")
-    rdir = f"Refine_bin{args.bin}_np{args.np}"
+    rdir = f"Refine{'3D' if args.volume else ''}_bin{args.bin}_np{args.np}"
     if (out / rdir).exists():
         shutil.rmtree(out / rdir)
     cmd = mpi + ["sta_refine", "--o", f"{rdir}/run", "--auto_refine", "--split_random_halves", "--i",
-                 f"Extract_bin{args.bin}/particles.star", "--tomograms", "tomograms.star", "--ref",
+                 f"{extract}/particles.star"] + ([] if args.volume else ["--tomograms", "tomograms.star"]) + ["--ref",
                  f"Reconstruct_bin{args.bin}/merged.mrc",
                  "--ini_high", "30", "--ctf", "--particle_diameter", "150", "--flatten_solvent", "--zero_mask",
                  "--healpix_order", str(args.healpix_order), "--auto_local_healpix_order",
@@ -94,7 +100,7 @@ def evaluate(out, rdir, text, wall, args):
     samp = read_star(str(out / rdir / "run_sampling.star"))["sampling_general"]
     order = int(samp.df["rlnHealpixOrder"].iloc[0])
     step = healpix_step(order + 1)
-    ang0, off0 = pose_errors(str(out), f"Extract_bin{args.bin}/particles.star", "C6")
+    ang0, off0 = pose_errors(str(out), f"Extract{'3D' if args.volume else ''}_bin{args.bin}/particles.star", "C6")
     ang, off = pose_errors(str(out), f"{rdir}/run_data.star", "C6")
     px = 4.0 * args.bin
     curve, mpx = fsc_against_truth(str(out), str(out / rdir / "run_class001.mrc"))
@@ -102,10 +108,15 @@ def evaluate(out, rdir, text, wall, args):
     truth_res = crossing_resolution(curve, box, mpx, 0.5)
     shell08 = 0.8 * (box // 2)
     fsc08 = float(np.interp(shell08, np.arange(len(curve)), curve))
-    print(f"project: {n} particles in {args.tomograms} tomograms, 41 tilts, per-tilt SNR {args.snr}, C6, "
+    print(f"project: {n} {'3D pseudo-subtomograms' if args.volume else '2D stacks'} in {args.tomograms} tomograms, "
+          f"41 tilts, per-tilt SNR {args.snr}, C6, "
           f"bin {args.bin} ({px:g} Å, box {box}); {args.np} MPI ranks; {iters} iterations in {wall:.0f} s")
     print(f"median angular error: {np.median(ang0):.2f} -> {np.median(ang):.2f} deg "
           f"(final angular step {step:.2f} deg, HEALPix order {order} + oversampling)")
+    acc = re.findall(r"Estimated accuracy angles= ([0-9.eE+-]+)", text)
+    if acc:
+        print(f"last accuracy estimate: {float(acc[-1]):.2f} deg (RELION's rule stops refining the step below "
+              f"0.75 x this)")
     print(f"median translation error: {np.median(off0) / px:.2f} -> {np.median(off) / px:.3f} px "
           f"({np.median(off):.2f} Å)")
     print(f"gold-standard resolution {gold:.2f} Å; FSC against truth < 0.5 at {truth_res:.2f} Å; "

@@ -96,6 +96,28 @@ def test_refinement_recovers_poses(project, refined, monkeypatch):
         read_star(project / "Refine3D" / "run_data.star")["particles"].df)
 
 
+def test_refines_3d_pseudo_subtomograms(project, monkeypatch, capsys):
+    """3D pseudo-subtomograms (sta_subtomo without --stack2d; no tomogram set needed): the same
+    perturbed poses come back to a few degrees and well below a pixel."""
+    monkeypatch.chdir(project)
+    assert subtomo.main(["--i", "optimisation_set_perturbed.star", "--b", "24", "--bin", "2", "--o", "Extract3D/",
+                         "--j", "1"]) == 0
+    args = list(REFINE_ARGS)
+    args[args.index("Extract/particles.star")] = "Extract3D/particles.star"
+    k = args.index("--tomograms")
+    del args[k:k + 2]
+    assert refine.main(["--o", "Refine3D_vol/run"] + args + ["--iter", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "3D pseudo-subtomograms" in out and "Final resolution (without masking) is: 16" in out
+    a1, o1 = errors(project, "Refine3D_vol/run_data.star")
+    print(f"3D subtomograms: median angular error 10 -> {a1:.2f} deg, offset error 5 -> {o1:.2f} A")
+    assert a1 < 4.0 and o1 < 0.5 * 8.0
+    data = read_star(project / "Refine3D_vol" / "run_data.star")
+    df = data["particles"].df
+    assert df["rlnCtfImage"].str.endswith("_weights.mrc").all() and df["rlnImageName"].str.endswith("_data.mrc").all()
+    assert int(data["optics"].df["rlnImageDimensionality"].iloc[0]) == 3
+
+
 def test_continue_reproduces_the_run(project, refined, monkeypatch, capsys):
     """--continue from iteration 4 finishes with exactly the uninterrupted run's map and poses."""
     monkeypatch.chdir(project)

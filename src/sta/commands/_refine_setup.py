@@ -24,8 +24,6 @@ def _inputs(args):
     trajectories = args.trajectories or (ios.trajectories if ios and ios.trajectories else "")
     if not particles:
         raise InputError("no particles: give --i particles.star (or --ios)")
-    if not tomograms:
-        raise InputError("--tomograms is mandatory for 2D-stack particles (or give --ios)")
     for label, path in (("--i", particles), ("--tomograms", tomograms), ("--trajectories", trajectories)):
         if path and not os.path.exists(path):
             raise InputError(f"{path}: file not found ({label})")
@@ -64,16 +62,22 @@ def build_refinement(args, comm, argv, resume=None):
     from sta.io.tomograms import TomogramSet
     from sta.io.trajectories import TrajectorySet
     from sta.workflows.refine import RefineParams
-    from sta.workflows.refine_data import load_stack_particles
+    from sta.workflows.refine_data import is_volume_set, load_stack_particles, load_subtomo_particles
     from sta.workflows.refine_output import RefineWriter
     from sta.workflows.refine_run import AutoRefinement
 
     ios, particles_file, tomograms_file, trajectories_file = _inputs(args)
-    tomograms = TomogramSet.read(tomograms_file)
+    tomograms = TomogramSet.read(tomograms_file) if tomograms_file else None
     particles = ParticleSet.read(particles_file, tomograms)
-    if trajectories_file:
-        TrajectorySet.read(trajectories_file, particles).validate(particles, tomograms)
-    sps = load_stack_particles(particles, tomograms)
+    if is_volume_set(particles):
+        sps = load_subtomo_particles(particles)
+        log.info(" %d 3D pseudo-subtomograms (rlnImageDimensionality 3)", len(sps))
+    else:
+        if tomograms is None:
+            raise InputError("--tomograms is mandatory for 2D-stack particles (or give --ios)")
+        if trajectories_file:
+            TrajectorySet.read(trajectories_file, particles).validate(particles, tomograms)
+        sps = load_stack_particles(particles, tomograms)
     boxes = {sp.box for sp in sps}
     pixel_sizes = {round(sp.pixel_size, 6) for sp in sps}
     if len(boxes) != 1 or len(pixel_sizes) != 1:
@@ -98,7 +102,12 @@ def build_refinement(args, comm, argv, resume=None):
         skip_align=args.skip_align, adaptive_fraction=args.adaptive_fraction, incr_size=args.incr_size,
         maskedge=args.maskedge, do_scale=args.scale and not args.no_scale, min_sigma2_offset=args.min_sigma2_offset,
         offset_prior_sigma=args.offset, max_iter=args.iter if args.iter > 0 else 999, seed=seed,
-        perturb=args.perturb, ctf_noise=bool(args.ctf) and args.ctf_noise)
+        perturb=args.perturb, ctf_noise=bool(args.ctf) and args.ctf_noise,
+        subtomo_multi_thr=args.subtomo_multi_thr)
+    if params.ctf_noise and sps and sps[0].volume:
+        log.warning(" WARNING: --ctf_noise applies to 2D stacks; 3D subtomograms use RELION's multiplicity "
+                    "noise model")
+        params.ctf_noise = False
     if args.solvent_correct_fsc and not args.solvent_mask:
         log.warning(" WARNING: --solvent_correct_fsc has no effect without --solvent_mask (as in RELION)")
     if not args.ctf:

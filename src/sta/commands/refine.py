@@ -1,9 +1,10 @@
-"""Gold-standard 3D auto-refine of tomography 2D stacks (relion_refine --auto_refine --split_random_halves).
+"""Gold-standard 3D auto-refine of tomography particles, 2D stacks or 3D pseudo-subtomograms
+(relion_refine --auto_refine --split_random_halves).
 
 Regularised likelihood optimisation as RELION defines it: Gaussian noise with per-shell σ²
 estimated from the data, τ² from the half-set FSC, marginalisation over HEALPix
 orientations × 3D translations with adaptive oversampling, CTF² of the premultiplied
-stacks per tilt image, symmetry, auto-sampling (finer HEALPix orders, then local searches)
+stacks per tilt image (3D subtomograms: their CTF² and multiplicity volumes), symmetry, auto-sampling (finer HEALPix orders, then local searches)
 and a final iteration joining the halves.  Writes RELION's files: run_itNNN_half{1,2}_class001.mrc,
 run_itNNN_half{1,2}_model.star, run_itNNN_data.star, run_itNNN_optimiser.star,
 run_itNNN_sampling.star, and at the end run_class001.mrc, run_half{1,2}_class001_unfil.mrc,
@@ -40,13 +41,15 @@ REFUSED = {"solvent_mask2": 1, "blush": 0, "denovo_3dref": 0,
            "ctf_intact_first_peak": 0, "pad_ctf": 0, "fast_subsets": 0, "external_reconstruct": 0,
            "limit_tilt": 1, "psi_step": 1, "center_classes": 0, "maxsig": 1, "coarse_size": 1,
            "strict_highres_exp": 1, "strict_lowres_exp": 1, "fix_sigma_noise": 0, "fix_sigma_offset": 0,
-           "auto_ignore_angles": 0, "auto_resol_angles": 0, "allow_coarser_sampling": 0, "NN": 0}
+           "auto_ignore_angles": 0, "auto_resol_angles": 0, "allow_coarser_sampling": 0, "NN": 0,
+           "normalised_subtomo": 0, "skip_subtomo_multi": 0, "ctf3d_not_squared": 0}
 
 
 def add_args(parser):
     g = parser.add_argument_group("General")
-    g.add_argument("--i", default="", help="input particles (2D stacks from sta_subtomo / relion_tomo_subtomo)")
-    g.add_argument("--tomograms", default="", help="tomogram set (mandatory for 2D stacks)")
+    g.add_argument("--i", default="", help="input particles: 2D stacks or 3D pseudo-subtomograms from sta_subtomo / "
+                   "relion_tomo_subtomo")
+    g.add_argument("--tomograms", default="", help="tomogram set (mandatory for 2D stacks, not used for 3D)")
     g.add_argument("--trajectories", default="", help="trajectory set (motion.star)")
     g.add_argument("--ios", default="", help="tomo optimisation set: fills --i, --tomograms, --trajectories")
     g.add_argument("--o", required=True, help="output rootname, e.g. Refine3D/job001/run")
@@ -89,6 +92,8 @@ def add_args(parser):
     g.add_argument("--ctf_noise", action="store_true",
                    help="sta extension: each pixel of a premultiplied stack has noise variance CTF²·σ² (default: "
                         "RELION's per-shell σ²; see docs/deviations.md)")
+    g.add_argument("--subtomo_multi_thr", type=float, default=0.01,
+                   help="3D subtomograms: voxels with a lower multiplicity are left out")
     g = parser.add_argument_group("Computation")
     g.add_argument("--j", type=_cli.positive_int, default=1, help="threads (FFT)")
     g.add_argument("--preread_images", action="store_true",

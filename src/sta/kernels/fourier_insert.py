@@ -94,7 +94,7 @@ def _scatter_add(dest_flat, idx, values):
         dest_flat[lo:hi] += xp.bincount(rel, weights=values, minlength=hi - lo)
 
 
-def insert_slices(acc_data, acc_weight, slices, slice_weights, matrices, pad=2):
+def insert_slices(acc_data, acc_weight, slices, slice_weights, matrices, pad=2, kz=None):
     """Trilinear forward insertion of 2D half slices (RELION ``backproject2Dto3D``), in place.
 
     For every slice pixel ``(x, y)`` (``y = i`` for ``i <= cs//2`` else ``i − cs``; the
@@ -116,6 +116,9 @@ def insert_slices(acc_data, acc_weight, slices, slice_weights, matrices, pad=2):
     matrices : (n, 3, 3)
         ``Aproj_f · A`` per slice.
     pad : float, padding factor (2)
+    kz : (n,) float, optional
+        Slice f is the plane ``kz_f`` of a 3D spectrum (3D pseudo-subtomograms): its points
+        are ``pad · M⁻¹ (x, y, kz_f)``.
 
     Returns
     -------
@@ -141,6 +144,8 @@ def insert_slices(acc_data, acc_weight, slices, slice_weights, matrices, pad=2):
     ok2d = ~((x == 0) & (y < 0))
     minv = xp.linalg.inv(xp.asarray(matrices, dtype=float).reshape(n, 3, 3)) * pad
     pos = minv[:, :, 0, None, None] * x + minv[:, :, 1, None, None] * y         # (n, 3, s, sh)
+    if kz is not None:
+        pos = pos + minv[:, :, 2, None, None] * xp.asarray(kz, dtype=float).reshape(n, 1, 1, 1)
     r2 = (pos * pos).sum(axis=1)
     keep = ok2d & (slice_weights > 0) & (r2 <= big_r * big_r)
     px, py, pz = pos[:, 0][keep], pos[:, 1][keep], pos[:, 2][keep]

@@ -1,7 +1,9 @@
 """Expectation kernels of ``relion_refine`` for one tomography particle (a stack of 2D images).
 
 A particle is a stack of ``n_img`` CTF-premultiplied tilt images that share one set of
-hidden variables (orientation ``A``, 3D translation ``t``), spec §3.6 and §6.3.  Every
+hidden variables (orientation ``A``, 3D translation ``t``), spec §3.6 and §6.3.  A 3D
+pseudo-subtomogram is handled as the stack of the planes ``kz`` of its 3D spectrum (``kz``
+arguments; ``Aproj`` = identity): plane f holds frequencies ``(kx, ky, kz_f)``.  Every
 function here is a pure array function written against ``xp`` (NumPy or CuPy, taken
 from the inputs); nothing reads files or knows about MPI.
 
@@ -116,15 +118,27 @@ def window_frequencies(current_size, xp=np):
     return ky, kx
 
 
-def resolution_index(current_size, xp=np):
+def resolution_index(current_size, xp=np, kz=None):
     """RELION ``Mresol_fine`` of a ``(cs, cs//2+1)`` window: ``ROUND(|k|)`` or −1.
 
     −1 marks pixels beyond ``cs//2`` and the redundant ``kx = 0, ky < 0`` half column.
+    With ``kz`` (n_planes,) the planes ``kz`` of a 3D window: (n_planes, cs, cs//2+1), the
+    3D radius, and the same ``kx = 0, ky < 0`` exclusion in every plane (RELION's 3D rule).
     """
     ky, kx = window_frequencies(current_size, xp)
-    ires = relion_round(xp.sqrt(ky * ky + kx * kx), xp)
+    r2 = ky * ky + kx * kx
+    if kz is not None:
+        kz = xp.asarray(kz, dtype=float).reshape(-1, 1, 1)
+        r2 = r2[None] + kz * kz
+    ires = relion_round(xp.sqrt(r2), xp)
     bad = (ires >= current_size // 2 + 1) | ((kx == 0) & (ky < 0))
     return xp.where(bad, -1, ires)
+
+
+def plane_frequencies(size, xp=np):
+    """Logical ``kz`` of the planes of a 3D half spectrum of side ``size`` (FFTW order, and
+    the order :func:`window_rows` keeps when windowing): (size,) float."""
+    return window_frequencies(size, xp)[0].ravel()
 
 
 def npix_per_shell(ori_size, xp=np):
@@ -134,7 +148,7 @@ def npix_per_shell(ori_size, xp=np):
     return xp.bincount(ires[ok].ravel(), minlength=ori_size // 2 + 1).astype(float)
 
 
-def noise_maps(sigma2_noise, current_size, sigma2_fudge=1.0, remap=1.0):
+def noise_maps(sigma2_noise, current_size, sigma2_fudge=1.0, remap=1.0, kz=None):
     """The two per-pixel noise factors of a window of size ``cs`` (RELION's ``Minvsigma2``).
 
     Parameters
@@ -143,6 +157,8 @@ def noise_maps(sigma2_noise, current_size, sigma2_fudge=1.0, remap=1.0):
     current_size : int
     sigma2_fudge : float, ``--sigma2_fudge``
     remap : float, ``(ori_model·px_model)/(image_size·px_image)`` (1 when sizes agree)
+    kz : (n_planes,) float, optional: the maps of the planes of a 3D window (3D radius),
+        (n_planes, cs, cs//2+1)
 
     Returns
     -------
@@ -152,7 +168,7 @@ def noise_maps(sigma2_noise, current_size, sigma2_fudge=1.0, remap=1.0):
     """
     xp = get_array_module(sigma2_noise)
     s2 = xp.asarray(sigma2_noise, dtype=float)
-    ires = resolution_index(current_size, xp)
+    ires = resolution_index(current_size, xp, kz)
     remapped = relion_round(remap * ires, xp)
     ok = (ires >= 0) & (remapped < s2.shape[0])
     val = s2[xp.where(ok, remapped, 0)]
@@ -170,12 +186,13 @@ def log_sigma2_term(sigma2_noise, current_size, n_img, remap=1.0):
     return float(n_img * xp.sum(xp.log(2 * np.pi * s2[remapped[ok]])))
 
 
-def power_spectra(images_ft):
+def power_spectra(images_ft, kz=None):
     """Per-image power per shell, RELION's ``exp_power_img`` (``ires > 0`` only).
 
     Parameters
     ----------
     images_ft : (n_img, s, s//2+1) complex, full size
+    kz : (n_img,) float, optional: the images are the planes ``kz`` of a 3D spectrum (3D radius)
 
     Returns
     -------
@@ -183,14 +200,13 @@ def power_spectra(images_ft):
     """
     xp = get_array_module(images_ft)
     n, s = images_ft.shape[0], images_ft.shape[-2]
-    ires = resolution_index(s, xp)
-    ok = (ires > 0).ravel()
-    p = (images_ft.real ** 2 + images_ft.imag ** 2).reshape(n, -1)[:, ok]
-    idx = ires.ravel()[ok]
+    ires = xp.broadcast_to(resolution_index(s, xp, kz), images_ft.shape).reshape(n, -1)
+    p = (images_ft.real ** 2 + images_ft.imag ** 2).reshape(n, -1)
     nsh = s // 2 + 1
     out = xp.zeros((n, nsh))
     for f in range(n):
-        out[f] = xp.bincount(idx, weights=p[f], minlength=nsh)
+        ok = ires[f] > 0
+        out[f] = xp.bincount(ires[f][ok], weights=p[f][ok], minlength=nsh)[:nsh]
     return out
 
 
@@ -230,6 +246,14 @@ class PreparedParticle:
     noise_weight : (n_img, cs, csh) float or None
         Per-pixel noise factor of the CTF-weighted noise model (:func:`ctf_noise_weight`);
         ``inv_sigma2`` is then per image, ``(n_img, cs, csh)``.
+    kz : (n_img,) float or None
+        3D pseudo-subtomograms: the "images" are the planes ``kz`` of the particle's 3D
+        spectrum (``aproj`` = identity); ``resol``, ``inv_sigma2`` and ``bp_inv_sigma2`` are
+        then per plane.  None for 2D stacks.
+    shell_count : (ori//2+1,) float
+        What one unit of weight adds to the σ² denominator per shell: ``n_img · Npix(r)`` of
+        the full-size image (2D stacks), the multiplicity summed over the shell of the full
+        3D grid (RELION's ``wsum_stMulti``), or ``Npix(r)`` of the 3D grid without one.
     """
 
     images: object
@@ -247,10 +271,17 @@ class PreparedParticle:
     x2: float
     sqrt_xi2: object
     noise_weight: object = None
+    kz: object = None
+    shell_count: object = None
 
     @property
     def n_img(self):
         return self.images.shape[0]
+
+    @property
+    def n_measured(self):
+        """Images of the particle in RELION's per-image sums (1 for a 3D subtomogram)."""
+        return 1 if self.kz is not None else self.n_img
 
     @property
     def diff2_constant(self):
@@ -276,23 +307,26 @@ def ctf_noise_weight(ctf2, floor=0.01):
 
 
 def prepare_particle(images_ft, ctf2, aproj, inv_sigma2, current_size=None, images_nomask_ft=None,
-                     bp_inv_sigma2=None, noise_weight=None):
+                     bp_inv_sigma2=None, noise_weight=None, volume=False, multiplicity=None, multi_thr=0.01):
     """Window one particle's stack to the current size and precompute its constants.
 
     Parameters
     ----------
     images_ft : (n_img, s, s//2+1) complex
-        ``centred_rfft`` of the (masked) premultiplied images, full size ``s = ori_size``.
+        ``centred_rfft`` of the (masked) premultiplied images, full size ``s = ori_size``
+        (with ``volume``: the (s, s, s//2+1) 3D spectrum of a pseudo-subtomogram).
     ctf2 : (n_img, s, s//2+1) or (n_img, cs, cs//2+1) float
-        ``Fctf = C_f²`` per image (dose weight and scale inside ``C_f``).
+        ``Fctf = C_f²`` per image (dose weight and scale inside ``C_f``); with ``volume`` the
+        (s, s, s//2+1) CTF² sums of the subtomogram.
     aproj : (n_img, 3, 3) float
-        ``R_f · A_sub``.
+        ``R_f · A_sub`` (ignored with ``volume``: the planes are in the subtomogram frame).
     inv_sigma2 : (s, s//2+1) or (cs, cs//2+1) float
         ``1/(2·sigma2_fudge·σ²(|k|))``, 0 on unused pixels (see :func:`noise_maps`); pixels
-        outside RELION's ``Mresol`` of the window are zeroed here.
+        outside RELION's ``Mresol`` of the window are zeroed here.  With ``volume``: the
+        (cs, cs, cs//2+1) maps of the window's planes (``noise_maps(..., kz=plane_frequencies(cs))``).
     current_size : int, optional
         Even window size ``cs <= s`` (default ``s``).
-    images_nomask_ft : (n_img, s, s//2+1) complex, optional
+    images_nomask_ft : same shape as ``images_ft``, optional
         Unmasked spectra for back-projection (default: ``images_ft``).
     bp_inv_sigma2 : same shape as ``inv_sigma2``, optional
         Back-projection factor ``1/σ²`` (default ``2·inv_sigma2``, i.e. origin excluded).
@@ -301,16 +335,52 @@ def prepare_particle(images_ft, ctf2, aproj, inv_sigma2, current_size=None, imag
         and every pixel's variance is ``σ²/noise_weight``; the diff2 weights and the power
         spectra (σ² sums beyond the current size) are multiplied by it.  The back-projection
         factor stays per shell.
+    volume : bool
+        The particle is a 3D pseudo-subtomogram: its planes ``|kz| <= cs//2`` become the
+        images (:attr:`PreparedParticle.kz`).
+    multiplicity : (s, s, s//2+1) float, optional (``volume`` only)
+        RELION's subtomogram multiplicity: voxels below ``multi_thr`` are zeroed in data and
+        CTF², the diff2 weight of voxels with multiplicity > 0.1 is divided by it (noise
+        ``σ²·M``), and the σ² denominator counts the multiplicity (``shell_count``).
     """
     xp = get_array_module(images_ft)
     s = images_ft.shape[-2]
     cs = s if current_size is None else int(current_size)
-    if images_ft.ndim != 3 or images_ft.shape[-1] != s // 2 + 1:
-        raise ValueError(f"images_ft must be (n_img, s, s//2+1), got {images_ft.shape}")
+    if images_ft.ndim != 3 or images_ft.shape[-1] != s // 2 + 1 or (volume and images_ft.shape[0] != s):
+        want = "(s, s, s//2+1)" if volume else "(n_img, s, s//2+1)"
+        raise ValueError(f"images_ft must be {want}, got {images_ft.shape}")
+    kz = None
+    nsh = s // 2 + 1
+    full_mult = None
+    if volume:
+        planes = window_rows(s, cs, xp)
+        kz = plane_frequencies(cs, xp)
+        full_kz = plane_frequencies(s, xp)
+        if multiplicity is not None:
+            full_mult = xp.asarray(multiplicity, dtype=float)
+            valid = full_mult >= multi_thr
+            images_ft = images_ft * valid
+            if images_nomask_ft is not None:
+                images_nomask_ft = images_nomask_ft * valid
+            ctf2 = xp.asarray(ctf2, dtype=float) * valid
+            ires = resolution_index(s, xp, full_kz)
+            ok = ires >= 0
+            shell_count = xp.bincount(ires[ok], weights=(full_mult * valid)[ok], minlength=nsh)[:nsh]
+        else:
+            ires = resolution_index(s, xp, full_kz)
+            shell_count = xp.bincount(ires[ires >= 0], minlength=nsh)[:nsh].astype(float)
+        power = power_spectra(images_ft, full_kz)
+        images_ft = images_ft[planes]
+        if images_nomask_ft is not None:
+            images_nomask_ft = images_nomask_ft[planes]
+        ctf2 = xp.asarray(ctf2, dtype=float)[planes]
+        if noise_weight is not None:
+            noise_weight = xp.asarray(noise_weight, dtype=float)[planes]
+        aproj = xp.broadcast_to(xp.eye(3), (cs, 3, 3))
     n = images_ft.shape[0]
     if aproj.shape != (n, 3, 3):
         raise ValueError(f"aproj must be ({n}, 3, 3), got {aproj.shape}")
-    resol = resolution_index(cs, xp)
+    resol = resolution_index(cs, xp, kz)
     x = window_half_spectrum(images_ft, cs)
     x_nm = x if images_nomask_ft is None else window_half_spectrum(images_nomask_ft, cs)
     c2 = _to_window(xp.asarray(ctf2, dtype=float), cs)
@@ -324,18 +394,26 @@ def prepare_particle(images_ft, ctf2, aproj, inv_sigma2, current_size=None, imag
         full = xp.asarray(noise_weight, dtype=float)
         nw = _to_window(full, cs)
         w = w * nw
-        power = power_spectra(images_ft * xp.sqrt(full))
-    else:
+        if not volume:
+            power = power_spectra(images_ft * xp.sqrt(full))
+    elif not volume:
         power = power_spectra(images_ft)
+    if full_mult is not None:
+        m = window_half_spectrum(full_mult[planes], cs)
+        w = w * xp.where(m > 0.1, 1.0 / xp.where(m > 0.1, m, 1.0), 1.0)
+    if not volume:
+        shell_count = n * npix_per_shell(s, xp)
     pix = xp.nonzero((w.reshape(-1, w.shape[-2] * w.shape[-1]) > 0).any(axis=0))[0]
-    highres = power[:, cs // 2 + 1:].sum(axis=1) if cs < s else xp.zeros(n)
+    highres = power[:, cs // 2 + 1:].sum(axis=1) if cs < s else xp.zeros(power.shape[0])
     ax2 = x.real ** 2 + x.imag ** 2
     x2 = float(xp.sum(ax2 * w))
     sqrt_xi2 = xp.sqrt(ax2.reshape(n, -1).sum(axis=1))
+    if volume:
+        sqrt_xi2 = xp.full(n, float(xp.sqrt(ax2.sum())))
     return PreparedParticle(images=x, images_nomask=x_nm, ctf2=c2, aproj=xp.asarray(aproj, dtype=float),
                             inv_sigma2=w, bp_inv_sigma2=bpw, ori_size=s, current_size=cs, pix=pix,
                             resol=resol, power=power, highres_xi2=highres, x2=x2, sqrt_xi2=sqrt_xi2,
-                            noise_weight=nw)
+                            noise_weight=nw, kz=kz, shell_count=shell_count)
 
 
 # --------------------------------------------------------------------------- translations
@@ -357,11 +435,12 @@ def image_shifts(trans_px, aproj):
     return xp.einsum("fij,tj->tfi", aproj[:, :2, :], t)
 
 
-def translation_phases(trans_px, aproj, ori_size, current_size=None, pix=None):
+def translation_phases(trans_px, aproj, ori_size, current_size=None, pix=None, kz=None):
     """Phase factors that move each image of the stack by ``+s_ft`` (see module docstring).
 
     ``φ_ft(k) = exp(−2πi (kx·s_x + ky·s_y) / ori_size)`` on the window's logical frequencies
-    (RELION ``shiftImageInFourierTransform`` with ``oridim = ori_size``).
+    (RELION ``shiftImageInFourierTransform`` with ``oridim = ori_size``); with ``kz`` (the
+    planes of a 3D spectrum) also ``exp(−2πi kz·s_z / ori_size)``.
 
     Parameters
     ----------
@@ -371,6 +450,7 @@ def translation_phases(trans_px, aproj, ori_size, current_size=None, pix=None):
     current_size : int, optional (default ``ori_size``)
     pix : (n_pix,) int, optional
         Return only these flat pixels of the window.
+    kz : (n_img,) float, optional (3D pseudo-subtomograms, :attr:`PreparedParticle.kz`)
 
     Returns
     -------
@@ -383,6 +463,10 @@ def translation_phases(trans_px, aproj, ori_size, current_size=None, pix=None):
     a = -2.0 * np.pi / ori_size
     px = xp.exp(1j * a * s[..., 0, None] * kx.ravel())          # (n_t, F, csh)
     py = xp.exp(1j * a * s[..., 1, None] * ky.ravel())          # (n_t, F, cs)
+    if kz is not None:
+        t = xp.asarray(trans_px, dtype=float).reshape(-1, 3)
+        sz = xp.einsum("fj,tj->tf", xp.asarray(aproj, dtype=float)[:, 2, :], t)
+        py = py * xp.exp(1j * a * sz * xp.asarray(kz, dtype=float))[..., None]
     ph = py[..., :, None] * px[..., None, :]
     if pix is None:
         return ph
@@ -447,7 +531,7 @@ class SliceSampler:
         out = xp.where(inside, c0 + fz * (c1 - c0), 0)
         return xp.where(neg, xp.conj(out), out)
 
-    def project(self, rotations, aproj, current_size, pix=None):
+    def project(self, rotations, aproj, current_size, pix=None, kz=None):
         """Reference slices ``P_of`` for every orientation and image, in ``centred_rfft`` scaling.
 
         Parameters
@@ -456,6 +540,8 @@ class SliceSampler:
         aproj : (n_img, 3, 3)
         current_size : int (window size ``cs``; frequencies in cycles per ``ori_size = n``)
         pix : (n_pix,) int, optional, flat window pixels to return
+        kz : (n_img,) float, optional: image f is the plane ``kz_f`` of a 3D spectrum
+            (3D pseudo-subtomograms), sampled at ``(Aproj_f A)⁻¹ (kx, ky, kz_f)``
 
         Returns
         -------
@@ -464,9 +550,9 @@ class SliceSampler:
         """
         xp = self.xp
         m = xp.matmul(xp.asarray(aproj, dtype=float)[None], xp.asarray(rotations, dtype=float)[:, None])
-        return self.project_matrices(m, current_size, pix)
+        return self.project_matrices(m, current_size, pix, kz)
 
-    def project_matrices(self, m, current_size, pix=None):
+    def project_matrices(self, m, current_size, pix=None, kz=None):
         """As :meth:`project` for explicit slice matrices ``m`` (n_o, n_img, 3, 3) = ``Aproj_f · A_of``
         (every image may have its own orientation)."""
         xp = self.xp
@@ -480,7 +566,12 @@ class SliceSampler:
         keep = kx * kx + ky * ky <= r * r
         kx, ky = kx[keep].astype(self.real_dtype), ky[keep].astype(self.real_dtype)
         c = minv[..., :, 0, None] * kx + minv[..., :, 1, None] * ky  # (n_o, F, 3, K')
+        if kz is not None:
+            kzf = xp.asarray(kz, dtype=self.real_dtype).reshape(-1, 1, 1)
+            c = c + minv[..., :, 2, None] * kzf
         vals = self.sample(c[..., 0, :], c[..., 1, :], c[..., 2, :]) / self.n
+        if kz is not None:
+            vals = xp.where(kx * kx + ky * ky + kzf[:, 0] * kzf[:, 0] <= r * r, vals, 0)
         out = xp.zeros(m.shape[:2] + keep.shape, dtype=vals.dtype)
         out[..., keep] = vals
         if pix is None:
@@ -596,7 +687,8 @@ def cross_correlation_scores(model_proj, prepared, trans_phases, max_bytes=_DEFA
     """RELION's ``--firstiter_cc`` score: ``Σ_f −Re⟨A_of, X_f φ_ft⟩ / (‖A_of‖ ‖X_f‖)``.
 
     ``A = scale·Fctf·P``; the sums run over every pixel of the window (no noise weights,
-    origin included), ``‖X_f‖ = prepared.sqrt_xi2[f]``.  Smaller is better (as diff2).
+    origin included), ``‖X_f‖ = prepared.sqrt_xi2[f]``; the planes of a 3D subtomogram share
+    one pair of norms.  Smaller is better (as diff2).
 
     Parameters
     ----------
@@ -624,6 +716,8 @@ def cross_correlation_scores(model_proj, prepared, trans_phases, max_bytes=_DEFA
     for a, b in _orientation_chunks(n_o, per_o, y.nbytes, max_bytes):
         p = _get_chunk(model_proj, a, b).reshape(b - a, f, k)
         na = xp.sqrt(((p.real ** 2 + p.imag ** 2) * (ctf * ctf)[None]).sum(axis=2))
+        if prepared.kz is not None:     # one 3D image: one norm over all its planes
+            na = xp.broadcast_to(xp.sqrt((na * na).sum(axis=1, keepdims=True)), na.shape)
         p = p * (ctf[None] / xp.where(na > 0, na, 1.0)[..., None])
         out[a:b] = -(_real_pairs(p.reshape(b - a, m), ys.dtype) @ ys.T)
     return out
@@ -828,6 +922,10 @@ class NoiseSums:
     scale_xa, scale_aa : float
         ``Σ w Re(A* Xφ)`` and ``Σ w |A|²`` over shells with SSNR > 3 (``--scale``); A
         includes the current scale, divide by it / its square as RELION does.
+    count : (ori//2+1,) float
+        ``Σ w · shell_count``: the σ² denominator per shell (``sumw · Npix(r)`` for 2D
+        stacks, the weighted multiplicity sums of 3D subtomograms), σ² = Σ wsum_sigma2 /
+        (2 · Σ count).
     """
 
     wsum_sigma2: object
@@ -835,6 +933,7 @@ class NoiseSums:
     wsum_ctf2: object
     scale_xa: float
     scale_aa: float
+    count: object = None
 
 
 def noise_sums(weights, model_proj, prepared, trans_phases, scale=1.0, ssnr=None, wimg=None):
@@ -867,22 +966,24 @@ def noise_sums(weights, model_proj, prepared, trans_phases, scale=1.0, ssnr=None
                - 2.0 * (a.real * wimg.real + a.imag * wimg.imag).sum(axis=0))
     if prepared.noise_weight is not None:
         per_pix = per_pix * prepared.noise_weight
-    resol = prepared.resol
+    resol = xp.broadcast_to(prepared.resol, per_pix.shape)
     ok = resol >= 0
     nsh = prepared.ori_size // 2 + 1
     idx = resol[ok]
-    wsum_sigma2 = xp.bincount(idx, weights=per_pix[:, ok].sum(axis=0), minlength=nsh)[:nsh]
+    wsum_sigma2 = xp.bincount(idx, weights=per_pix[ok], minlength=nsh)[:nsh]
     cs = prepared.current_size
     if cs < prepared.ori_size:
         wsum_sigma2[cs // 2 + 1:] += prepared.power[:, cs // 2 + 1:].sum(axis=0)
-    wsum_ctf2 = xp.bincount(idx, weights=scale * prepared.ctf2[:, ok].sum(axis=0), minlength=nsh)[:nsh]
+    wsum_ctf2 = xp.bincount(idx, weights=(scale * prepared.ctf2)[ok], minlength=nsh)[:nsh]
     xa = aa = 0.0
     if ssnr is not None:
         good = ok & (xp.asarray(ssnr)[xp.where(ok, resol, 0)] > 3.0)
-        xa = float((a.real * wimg.real + a.imag * wimg.imag).sum(axis=(0, 1))[good].sum())
-        aa = float(xp.einsum("o,ofyx->yx", wsum, a.real ** 2 + a.imag ** 2)[good].sum())
-    return NoiseSums(wsum_sigma2=wsum_sigma2, sumw=prepared.n_img * float(w.sum()), wsum_ctf2=wsum_ctf2,
-                     scale_xa=xa, scale_aa=aa)
+        xa = float((a.real * wimg.real + a.imag * wimg.imag).sum(axis=0)[good].sum())
+        aa = float(xp.einsum("o,ofyx->fyx", wsum, a.real ** 2 + a.imag ** 2)[good].sum())
+    count = prepared.shell_count if prepared.shell_count is not None else prepared.n_img * npix_per_shell(
+        prepared.ori_size, xp)
+    return NoiseSums(wsum_sigma2=wsum_sigma2, sumw=prepared.n_measured * float(w.sum()), wsum_ctf2=wsum_ctf2,
+                     scale_xa=xa, scale_aa=aa, count=float(w.sum()) * count)
 
 
 def offset_sums(weights, trans_px, prior_px, pixel_size, n_img):

@@ -15,7 +15,7 @@ import numpy as np
 from sta.geometry.euler import euler_to_matrix
 from sta.kernels import fourier_insert as fi
 from sta.kernels import likelihood as lk
-from sta.kernels.fourier import centred_irfft, centred_rfft, radius_grid_2d
+from sta.kernels.fourier import centred_irfft, centred_rfft, radius_grid_2d, radius_grid_3d
 from sta.kernels.projector import FourierProjector
 
 log = logging.getLogger(__name__)
@@ -56,6 +56,7 @@ class RefineParams:
     max_bytes: int = 256 * 2 ** 20
     perturb: float = 0.5
     ctf_noise: bool = False   # --ctf_noise: per-pixel noise Fctf·σ² of premultiplied stacks (False: RELION's shell σ²)
+    subtomo_multi_thr: float = 0.01   # 3D subtomograms: voxels with a lower multiplicity are left out
 
 
 class HalfModel:
@@ -101,26 +102,28 @@ class HalfSums:
         n_shells = ori // 2 + 1
         self.wsum_sigma2 = np.zeros((n_optics, n_shells))
         self.sumw = np.zeros(n_optics)
+        self.count = np.zeros((n_optics, n_shells))   # σ² denominators (NoiseSums.count)
         self.wsum_ctf2 = np.zeros(n_shells)
         self.offset_sum = 0.0
         self.offset_w = 0.0
         self.pdf = np.zeros(n_dirs)
         self.scale_xa = {g: 0.0 for g in groups}
         self.scale_aa = {g: 0.0 for g in groups}
-        self.count = 0
+        self.n_particles = 0
 
     def arrays(self):
         """The sums as a list of numpy arrays (for MPI reductions), in a fixed order."""
         groups = sorted(self.scale_xa)
-        return [self.data, self.weight, self.wsum_sigma2, self.sumw, self.wsum_ctf2,
-                np.array([self.offset_sum, self.offset_w, float(self.count)]), self.pdf,
+        return [self.data, self.weight, self.wsum_sigma2, self.sumw, self.count, self.wsum_ctf2,
+                np.array([self.offset_sum, self.offset_w, float(self.n_particles)]), self.pdf,
                 np.array([self.scale_xa[g] for g in groups]), np.array([self.scale_aa[g] for g in groups])]
 
     def set_arrays(self, arrays):
         groups = sorted(self.scale_xa)
-        (self.data, self.weight, self.wsum_sigma2, self.sumw, self.wsum_ctf2, misc, self.pdf, xa, aa) = arrays
-        self.offset_sum, self.offset_w, count = misc
-        self.count = int(round(count))
+        (self.data, self.weight, self.wsum_sigma2, self.sumw, self.count, self.wsum_ctf2, misc, self.pdf, xa,
+         aa) = arrays
+        self.offset_sum, self.offset_w, n_particles = misc
+        self.n_particles = int(round(n_particles))
         self.scale_xa = dict(zip(groups, xa))
         self.scale_aa = dict(zip(groups, aa))
 
@@ -135,6 +138,29 @@ def soft_circle(box, radius, edge):
     r = np.sqrt((x - c) ** 2 + (y - c) ** 2)
     return np.where(r < radius, 1.0, np.where(r > radius + edge, 0.0,
                                                0.5 + 0.5 * np.cos(np.pi * (r - radius) / max(edge, 1e-9))))
+
+
+def soft_sphere(box, radius, edge):
+    """3D raised-cosine sphere (the particle mask of 3D subtomograms)."""
+    c = box // 2
+    z, y, x = np.ogrid[:box, :box, :box]
+    r = np.sqrt((x - c) ** 2 + (y - c) ** 2 + (z - c) ** 2)
+    return np.where(r < radius, 1.0, np.where(r > radius + edge, 0.0,
+                                               0.5 + 0.5 * np.cos(np.pi * (r - radius) / max(edge, 1e-9))))
+
+
+def mask_volume(vol, radius_px, edge_px, zero_mask, sigma2, rng):
+    """:func:`mask_images` of one 3D subtomogram (soft sphere; ``sigma2`` per 3D shell)."""
+    box = vol.shape[0]
+    m = soft_sphere(box, radius_px, edge_px)
+    if zero_mask:
+        out_w = 1.0 - m
+        bg = (vol * out_w).sum() / max(out_w.sum(), 1e-12)
+        return vol * m + bg * (1.0 - m)
+    r = np.round(radius_grid_3d(box)).astype(int)
+    amp = np.sqrt(np.maximum(sigma2[np.minimum(r, len(sigma2) - 1)], 0.0))
+    noise = centred_irfft((rng.normal(size=amp.shape) + 1j * rng.normal(size=amp.shape)) * amp, (box,) * 3)
+    return vol * m + noise * (1.0 - m)
 
 
 def mask_images(images, radius_px, edge_px, zero_mask, sigma2, rng):
@@ -186,43 +212,58 @@ class RefineEngine:
         from sta.kernels import accuracy as acc
 
         cs = self.cs
-        fctf, nw = self._ctf(sp)
-        inv, _ = lk.noise_maps(sigma2, cs)   # 0 where ires <= 0, as RELION's Mresol test
-        pix = np.flatnonzero(inv.ravel() > 0)
-        ctf2 = lk.window_half_spectrum(fctf, cs).reshape(sp.n_img, -1)[:, pix]
-        inv_pix = inv.ravel()[pix]
-        if nw is not None:
-            inv_pix = inv_pix * lk.window_half_spectrum(nw, cs).reshape(sp.n_img, -1)[:, pix]
-        aproj = np.asarray(sp.aproj, dtype=float)
+        ctf = self._ctf(sp)
+        size = sp.box
+        shape = (size,) * 3 if sp.volume else (sp.n_img, size, size)
+        empty = np.zeros(shape[:-1] + (size // 2 + 1,), dtype=complex)
+        prep = self._prepare(sp, empty, empty, ctf, cs, sigma2)   # resolution mask and noise weights only
+        pix = prep.pix
+        n_img = prep.n_img
+        ctf2 = prep.ctf2.reshape(n_img, -1)[:, pix]
+        inv = prep.inv_sigma2
+        inv_pix = inv.reshape(-1, inv.shape[-2] * inv.shape[-1])[:, pix]
+        if inv_pix.shape[0] == 1:
+            inv_pix = inv_pix[0]
+        aproj = np.asarray(prep.aproj, dtype=float)
         sampler = self.model.sampler
 
         def project(eul):
             rots = euler_to_matrix(eul[..., 0], eul[..., 1], eul[..., 2]).reshape(eul.shape[:2] + (3, 3))
-            return sampler.project_matrices(np.matmul(aproj[None], rots), cs, pix)
+            return sampler.project_matrices(np.matmul(aproj[None], rots), cs, pix, kz=prep.kz)
 
-        choice_rot = rng.integers(0, 3, sp.n_img)
-        choice_tr = rng.integers(0, 3, sp.n_img)
+        # one random axis per image; a 3D subtomogram is one image, so all its planes share it
+        draws = 1 if sp.volume else n_img
+        choice_rot = np.resize(rng.integers(0, 3, draws), n_img)
+        choice_tr = np.resize(rng.integers(0, 3, draws), n_img)
         ang = acc.expected_angular_error(project, result.angles, ctf2, inv_pix, choice_rot)
-        ref = project(np.asarray(result.angles, float)[None, None].repeat(sp.n_img, axis=1))[0]
+        ref = project(np.asarray(result.angles, float)[None, None].repeat(n_img, axis=1))[0]
         shift = acc.expected_shift_error(
-            ref, lambda t: lk.translation_phases(t, aproj, sp.box, cs, pix=pix), ctf2, inv_pix, choice_tr)
+            ref, lambda t: lk.translation_phases(t, aproj, sp.box, cs, pix=pix, kz=prep.kz), ctf2, inv_pix,
+            choice_tr)
         return ang, shift * sp.pixel_size
 
     def expect(self, sp, images, state, sums, rng):
         """E-step of one particle; accumulates into ``sums``; returns :class:`ParticleResult`.
 
-        ``images`` (n_img, box, box) real premultiplied stack; ``state`` dict with the current
-        ``angles`` (deg), ``offset`` (Å) and ``prior_offset`` (Å) of the particle.
+        ``images`` (n_img, box, box) real premultiplied stack, or the (box, box, box) volume of a
+        3D subtomogram; ``state`` dict with the current ``angles`` (deg), ``offset`` (Å) and
+        ``prior_offset`` (Å) of the particle.
         """
         p, m = self.p, self.model
         og = self.optics_index[sp.index]
         sigma2 = m.sigma2[og]
         px = sp.pixel_size
         radius = p.particle_diameter / (2.0 * px)
-        fctf, nw = self._ctf(sp)
-        masked = mask_images(images, radius, p.maskedge, p.zero_mask, _fill_sigma2(sigma2, fctf, nw), rng)
-        x_mask = centred_rfft(masked.astype(np.float64), ndim=2)
-        x_full = centred_rfft(images.astype(np.float64), ndim=2)
+        ctf = self._ctf(sp)
+        fill = _fill_sigma2(sigma2, ctf)
+        if sp.volume:
+            masked = mask_volume(images, radius, p.maskedge, p.zero_mask, fill, rng)
+            ndim = 3
+        else:
+            masked = mask_images(images, radius, p.maskedge, p.zero_mask, fill, rng)
+            ndim = 2
+        x_mask = centred_rfft(masked.astype(np.float64), ndim=ndim)
+        x_full = centred_rfft(images.astype(np.float64), ndim=ndim)
         scale = m.scales.get(sp.tomo, 1.0) if p.do_scale else 1.0
         cur = np.asarray(state["angles"], float)
         cur_off_px = np.asarray(state["offset"], float) / px
@@ -230,8 +271,7 @@ class RefineEngine:
         if p.skip_align:
             angles_f = cur[None]
             trans_f = cur_off_px[None]
-            diff2, prep_f, ph_f = self._diff2(x_mask, x_full, fctf, sp, angles_f, trans_f, self.cs, sigma2, scale,
-                                              nw=nw)
+            diff2, prep_f, ph_f = self._diff2(x_mask, x_full, ctf, sp, angles_f, trans_f, self.cs, sigma2, scale)
             post = lk.weights_from_diff2(diff2, adaptive_fraction=1.0)
             dir_idx = self._direction_index(angles_f)
         else:
@@ -241,49 +281,62 @@ class RefineEngine:
             log_pt_c = lk.offset_log_prior(trans_c, prior_px, max(m.sigma2_offset, 0.0), px)
             if p.firstiter_cc and self.iteration == 1:
                 angles_f, trans_f, dir_idx = angles_c, trans_c, dir_c
-                inv, bp = lk.noise_maps(sigma2, self.cs)
-                prep_f = lk.prepare_particle(x_mask, fctf, sp.aproj, inv, self.cs, x_full, bp, noise_weight=nw)
-                ph_f = lk.translation_phases(trans_f, sp.aproj, sp.box, self.cs)
-                proj = self._projector(angles_f, sp.aproj, self.cs)
+                prep_f = self._prepare(sp, x_mask, x_full, ctf, self.cs, sigma2)
+                ph_f = lk.translation_phases(trans_f, prep_f.aproj, sp.box, self.cs, kz=prep_f.kz)
+                proj = self._projector(angles_f, prep_f, self.cs)
                 scores = lk.cross_correlation_scores(proj, prep_f, ph_f, max_bytes=p.max_bytes, scale=scale,
                                                      n_orientations=len(angles_f))
-                post = lk.weights_from_cc(scores, sp.n_img)
+                post = lk.weights_from_cc(scores, prep_f.n_measured)
             else:
-                diff2_c, _, _ = self._diff2(x_mask, x_full, fctf, sp, angles_c, trans_c, self.coarse, sigma2, scale,
-                                            nw=nw)
+                diff2_c, _, _ = self._diff2(x_mask, x_full, ctf, sp, angles_c, trans_c, self.coarse, sigma2, scale)
                 post_c = lk.weights_from_diff2(diff2_c, log_po_c, log_pt_c, p.adaptive_fraction)
                 angles_f, log_po, dir_idx, trans_f, allowed = self._oversample(idx_c, angles_c, log_po_c, dir_c,
                                                                                trial_c, cur_off_px, px, post_c)
                 log_pt = lk.offset_log_prior(trans_f, prior_px, max(m.sigma2_offset, 0.0), px)
-                diff2, prep_f, ph_f = self._diff2(x_mask, x_full, fctf, sp, angles_f, trans_f, self.cs, sigma2,
-                                                  scale, allowed=allowed, nw=nw)
+                diff2, prep_f, ph_f = self._diff2(x_mask, x_full, ctf, sp, angles_f, trans_f, self.cs, sigma2,
+                                                  scale, allowed=allowed)
                 post = lk.weights_from_diff2(diff2, log_po, log_pt, p.adaptive_fraction)
         return self._accumulate(sp, og, post, angles_f, trans_f, dir_idx, prep_f, ph_f, scale, prior_px, sums)
 
     def _ctf(self, sp):
-        """``Fctf`` of the particle's images (ones without ``--ctf``) and, with ``--ctf_noise``,
-        its per-pixel noise weight (else None)."""
+        """(``Fctf``, --ctf_noise weight or None, multiplicity or None) of a particle: ``Fctf`` of
+        its images (ones without ``--ctf``), the per-pixel noise weight of ``--ctf_noise`` (2D
+        stacks) and the multiplicity volume of a 3D subtomogram."""
+        if sp.volume:
+            shape = (sp.box, sp.box, sp.box // 2 + 1)
+            fctf = np.asarray(sp.fctf(), dtype=float) if self.p.do_ctf else np.ones(shape)
+            return fctf, None, sp.multiplicity()
         if not self.p.do_ctf:
-            return np.ones((sp.n_img, sp.box, sp.box // 2 + 1)), None
+            return np.ones((sp.n_img, sp.box, sp.box // 2 + 1)), None, None
         fctf = np.asarray(sp.fctf(), dtype=float)
-        return fctf, (lk.ctf_noise_weight(fctf) if self.p.ctf_noise else None)
+        return fctf, (lk.ctf_noise_weight(fctf) if self.p.ctf_noise else None), None
 
-    def _projector(self, angles, aproj, size, pix=None):
+    def _prepare(self, sp, x_mask, x_full, ctf, size, sigma2):
+        """:func:`~sta.kernels.likelihood.prepare_particle` of a 2D stack or a 3D subtomogram."""
+        fctf, nw, mult = ctf
+        if sp.volume:
+            inv, bp = lk.noise_maps(sigma2, size, kz=lk.plane_frequencies(size))
+            return lk.prepare_particle(x_mask, fctf, None, inv, size, x_full, bp, volume=True, multiplicity=mult,
+                                       multi_thr=self.p.subtomo_multi_thr)
+        inv, bp = lk.noise_maps(sigma2, size)
+        return lk.prepare_particle(x_mask, fctf, sp.aproj, inv, size, x_full, bp, noise_weight=nw)
+
+    def _projector(self, angles, prep, size, pix=None):
         rots = euler_to_matrix(angles[:, 0], angles[:, 1], angles[:, 2]).reshape(-1, 3, 3)
         sampler = self.model.sampler
-        return lambda a, b: sampler.project(rots[a:b], aproj, size, pix)
+        aproj, kz = prep.aproj, prep.kz
+        return lambda a, b: sampler.project(rots[a:b], aproj, size, pix, kz=kz)
 
-    def _diff2(self, x_mask, x_full, fctf, sp, angles, trans_px, size, sigma2, scale, allowed=None, nw=None):
-        inv, bp = lk.noise_maps(sigma2, size)
-        prep = lk.prepare_particle(x_mask, fctf, sp.aproj, inv, size, x_full, bp, noise_weight=nw)
-        ph = lk.translation_phases(trans_px, sp.aproj, sp.box, size)
-        ph_pix = lk.translation_phases(trans_px, sp.aproj, sp.box, size, pix=prep.pix)
+    def _diff2(self, x_mask, x_full, ctf, sp, angles, trans_px, size, sigma2, scale, allowed=None):
+        prep = self._prepare(sp, x_mask, x_full, ctf, size, sigma2)
+        ph = lk.translation_phases(trans_px, prep.aproj, sp.box, size, kz=prep.kz)
+        ph_pix = lk.translation_phases(trans_px, prep.aproj, sp.box, size, pix=prep.pix, kz=prep.kz)
         rows = np.arange(len(angles)) if allowed is None else np.flatnonzero(allowed.any(axis=1))
-        shared = self._shared_projections(angles, sp.aproj, size, prep.pix) if allowed is None else None
+        shared = self._shared_projections(angles, prep, size) if allowed is None else None
         if shared is not None:
             proj = shared
         else:
-            proj = self._projector(angles[rows], sp.aproj, size, prep.pix)
+            proj = self._projector(angles[rows], prep, size, prep.pix)
         d = np.full((len(angles), len(trans_px)), np.inf)
         d[rows] = lk.squared_differences(proj, prep, ph_pix, max_bytes=self.p.max_bytes, scale=scale,
                                          n_orientations=len(rows), dtype=np.float32)
@@ -291,14 +344,16 @@ class RefineEngine:
             d[~allowed] = np.inf
         return d + prep.diff2_constant, prep, ph
 
-    def _shared_projections(self, angles, aproj, size, pix):
+    def _shared_projections(self, angles, prep, size):
         """Reference slices of a global coarse pass, kept for the next particle of the batch.
 
         In a global search every particle is compared with the same orientations, and particles
         of one tomogram without a subtomogram orientation see the same tilt geometry
-        (``Aproj``), so their projections are identical: compute them once per batch (within
-        ``max_bytes``) instead of once per particle.  Returns None when not applicable.
+        (``Aproj``; every 3D subtomogram the same planes), so their projections are identical:
+        compute them once per batch (within ``max_bytes``) instead of once per particle.
+        Returns None when not applicable.
         """
+        aproj, pix = prep.aproj, prep.pix
         if self.local_sigma is not None or len(angles) < 64:
             return None
         n_bytes = len(angles) * len(aproj) * len(pix) * np.dtype(np.complex64).itemsize
@@ -308,7 +363,7 @@ class RefineEngine:
         if (c is not None and c[2] == size and np.array_equal(c[0], angles) and np.array_equal(c[1], aproj)
                 and np.array_equal(c[3], pix)):
             return c[4]
-        project = self._projector(angles, aproj, size, pix)
+        project = self._projector(angles, prep, size, pix)
         out = np.empty((len(angles), len(aproj), len(pix)), dtype=self.model.sampler.table.dtype)
         step = max(1, int(self.p.max_bytes // max(len(aproj) * len(pix) * lk.SAMPLER_BYTES, 1)))
         for a in range(0, len(angles), step):
@@ -381,21 +436,23 @@ class RefineEngine:
         data, weight = lk.backprojection_slices(wimg, wsum, prep, scale)
         mats = lk.slice_matrices(rots, prep.aproj)
         cs = prep.current_size
+        kz = None if prep.kz is None else np.tile(prep.kz, len(rots))
         fi.insert_slices(sums.data, sums.weight, data.reshape(-1, cs, cs // 2 + 1),
-                         weight.reshape(-1, cs, cs // 2 + 1), mats.reshape(-1, 3, 3), self.p.pad)
-        proj = self.model.sampler.project(rots, prep.aproj, cs)
+                         weight.reshape(-1, cs, cs // 2 + 1), mats.reshape(-1, 3, 3), self.p.pad, kz=kz)
+        proj = self.model.sampler.project(rots, prep.aproj, cs, kz=prep.kz)
         ns = lk.noise_sums(wk, proj, prep, ph, scale=scale, ssnr=self.model.ssnr)
         sums.wsum_sigma2[og] += ns.wsum_sigma2
         sums.sumw[og] += ns.sumw
+        sums.count[og] += ns.count
         sums.wsum_ctf2 += ns.wsum_ctf2
         if sp.tomo in sums.scale_xa:
             sums.scale_xa[sp.tomo] += ns.scale_xa / max(scale, 1e-12)
             sums.scale_aa[sp.tomo] += ns.scale_aa / max(scale * scale, 1e-12)
-        osum, ow = lk.offset_sums(w, trans_px, prior_px, sp.pixel_size, sp.n_img)
+        osum, ow = lk.offset_sums(w, trans_px, prior_px, sp.pixel_size, prep.n_measured)
         sums.offset_sum += osum
         sums.offset_w += ow
         np.add.at(sums.pdf, dir_idx[keep], wk.sum(axis=1))
-        sums.count += 1
+        sums.n_particles += 1
         bo, bt = post.best
         spread = _angular_spread(rots, angles[bo], wk.sum(axis=1))
         return ParticleResult(angles=angles[bo].copy(), offset=trans_px[bt] * sp.pixel_size, pmax=post.pmax,
@@ -403,17 +460,24 @@ class RefineEngine:
                               acc_spread=spread)
 
 
-def _fill_sigma2(sigma2, fctf, noise_weight):
-    """σ² spectrum of the noise that fills the masked-out area: with the CTF-weighted noise
-    model σ² is per unit CTF², so scale it by the shell mean of ``Fctf`` of this stack."""
+def _fill_sigma2(sigma2, ctf):
+    """σ² spectrum of the noise that fills the masked-out area.  With the CTF-weighted noise
+    model σ² is per unit CTF², so scale it by the shell mean of ``Fctf`` of this stack; a 3D
+    subtomogram's noise is σ² times its multiplicity: scale by the shell mean of that."""
+    fctf, noise_weight, mult = ctf
+    if mult is not None:
+        return sigma2 * _shell_mean(mult[None], radius_grid_3d(mult.shape[0]), len(sigma2))
     if noise_weight is None:
         return sigma2
-    box = fctf.shape[-2]
-    r = np.round(radius_grid_2d(box)).astype(int)
-    ok = r < len(sigma2)
-    mean = np.bincount(r[ok], fctf.sum(axis=0)[ok], len(sigma2)) / np.maximum(
-        np.bincount(r[ok], minlength=len(sigma2)) * fctf.shape[0], 1)
-    return sigma2 * mean
+    return sigma2 * _shell_mean(fctf, radius_grid_2d(fctf.shape[-2]), len(sigma2))
+
+
+def _shell_mean(values, radius, n_shells):
+    """Mean of ``values`` (n, *grid) per rounded radius shell of the grid."""
+    r = np.round(radius).astype(int)
+    ok = r < n_shells
+    return np.bincount(r[ok], values.sum(axis=0)[ok], n_shells) / np.maximum(
+        np.bincount(r[ok], minlength=n_shells) * values.shape[0], 1)
 
 
 def _angular_spread(rots, best_angles, weights):
@@ -428,26 +492,35 @@ def _angular_spread(rots, best_angles, weights):
 def initial_sigma2(stack_particles, read_images, n_per_group, optics_index, n_optics, ori, ctf_noise=False):
     """σ² of the first iteration: half the mean power per shell of the images of the first
     ``n_per_group`` particles of each optics group (E|X|² = 2σ² for complex noise); with
-    ``ctf_noise`` of the images weighted by :func:`~sta.kernels.likelihood.ctf_noise_weight`."""
+    ``ctf_noise`` of the images weighted by :func:`~sta.kernels.likelihood.ctf_noise_weight`;
+    for 3D subtomograms the power per 3D shell over the summed multiplicity (RELION's
+    ``wsum_stMulti`` normalisation)."""
     n_shells = ori // 2 + 1
     sums = np.zeros((n_optics, n_shells))
-    counts = np.zeros(n_optics)
+    den = np.zeros((n_optics, n_shells))
     taken = np.zeros(n_optics, dtype=int)
-    r = np.round(radius_grid_2d(ori)).astype(int)
-    npix = np.bincount(r.ravel(), minlength=n_shells)[:n_shells]
     for sp in stack_particles:
         og = optics_index[sp.index]
         if taken[og] >= n_per_group:
             continue
-        x = centred_rfft(read_images(sp).astype(np.float64), ndim=2)
-        p = x.real ** 2 + x.imag ** 2
-        p = (p * lk.ctf_noise_weight(sp.fctf()) if ctf_noise else p).sum(axis=0)
+        if sp.volume:
+            x = centred_rfft(read_images(sp).astype(np.float64), ndim=3)
+            p = x.real ** 2 + x.imag ** 2
+            r = np.round(radius_grid_3d(ori)).astype(int)
+            mult = sp.multiplicity()
+            count = np.ones(p.shape) if mult is None else mult
+        else:
+            x = centred_rfft(read_images(sp).astype(np.float64), ndim=2)
+            p = x.real ** 2 + x.imag ** 2
+            p = (p * lk.ctf_noise_weight(sp.fctf()) if ctf_noise else p).sum(axis=0)
+            r = np.round(radius_grid_2d(ori)).astype(int)
+            count = np.full(p.shape, float(sp.n_img))
         ok = r < n_shells
         sums[og] += np.bincount(r[ok], p[ok], minlength=n_shells)[:n_shells]
-        counts[og] += sp.n_img
+        den[og] += np.bincount(r[ok], count[ok], minlength=n_shells)[:n_shells]
         taken[og] += 1
     out = []
     for og in range(n_optics):
-        s = sums[og] / np.maximum(npix * max(counts[og], 1), 1) / 2.0
+        s = sums[og] / np.maximum(den[og], 1e-30) / 2.0
         out.append(np.where(s > 0, s, s[s > 0].min() if (s > 0).any() else 1.0))
     return out

@@ -1,4 +1,7 @@
-"""Particles stored as CTF-premultiplied 2D stacks, as relion_refine reads them (spec §6.2).
+"""Particles as relion_refine reads them: CTF-premultiplied 2D stacks (spec §6.2) or 3D
+pseudo-subtomograms (spec §4.3, §6.1).
+
+2D stacks:
 
 For every particle and every tilt f with ``rlnTomoVisibleFrames[f] > 0`` (tilt-series row
 order) the k-th image of its ``.mrcs`` stack is the k-th visible tilt, seen through
@@ -9,6 +12,13 @@ position (offsets applied, fixed at read time, spec §13.10), ``rlnDefocusAngle`
 pre-exposure (or the B-factor ``β·D`` with ``rlnCtfBfactorPerElectronDose = β``); the
 per-tilt ``rlnCtfBfactor`` is ignored, as in RELION (spec §13.9).  Premultiplied data are
 modelled as ``X_f ≈ C_f² · P_f``.
+
+3D pseudo-subtomograms (``rlnImageDimensionality = 3``, no tomogram set needed): the
+``rlnImageName`` volume (``…_data.mrc``) in the subtomogram frame and its ``rlnCtfImage``
+weights (``…_weights.mrc``: CTF² sums and multiplicity as (2c, c, c//2+1) FFTW half grids,
+the CTF² half alone as (c, c, c//2+1), or a centred c³ CTF volume); modelled as
+``X ≈ |CTF²| · P`` (premultiplied) with RELION's multiplicity noise model
+(:func:`sta.kernels.likelihood.prepare_particle`).
 """
 
 import dataclasses
@@ -47,10 +57,15 @@ class StackParticle:
     pixel_size: float          # rlnImagePixelSize (Å)
     box: int                   # rlnImageSize
     premultiplied: bool
+    volume = False              # 2D stack (SubtomoParticle: 3D pseudo-subtomogram)
 
     @property
     def n_img(self):
         return len(self.aproj)
+
+    def multiplicity(self):
+        """None: 2D stacks have no multiplicity volume."""
+        return None
 
     def ctf(self, box=None, xp=np):
         """(n_img, box, box//2+1) CTF ``C_f`` with scale and dose envelope at the image pixel size."""
@@ -83,8 +98,8 @@ class StackParticle:
 def load_stack_particles(particles, tomograms, indices=None):
     """:class:`StackParticle` for every (or the given) particle of a 2D-stack particle set."""
     if not particles.is_stack2d:
-        raise InputError(f"{particles.path}: rlnTomoSubTomosAre2DStacks is not 1: sta_refine needs 2D stacks "
-                         "(run sta_subtomo --stack2d first)")
+        raise InputError(f"{particles.path}: neither 2D stacks (data_general rlnTomoSubTomosAre2DStacks 1) nor 3D "
+                         "pseudo-subtomograms (optics rlnImageDimensionality 3)")
     for label in ("rlnImageName", "rlnTomoVisibleFrames"):
         if label not in particles.df.columns:
             raise InputError(f"{particles.path}: table particles has no column {label}")
@@ -126,3 +141,103 @@ def _one(particles, tilt, geo, k, i):
         q0=float(optics.get("rlnAmplitudeContrast", tilt.ts.q0)),
         pixel_size=float(optics["rlnImagePixelSize"]), box=int(optics["rlnImageSize"]),
         premultiplied=bool(int(optics.get("rlnCtfDataAreCtfPremultiplied", 0))))
+
+
+@dataclasses.dataclass
+class SubtomoParticle:
+    """One 3D pseudo-subtomogram (no images held): the volume file, its weights file and
+    optics.  ``n_img`` is the number of z-sections (rows of the image store)."""
+
+    index: int
+    tomo: str
+    image_path: str
+    ctf_path: str              # rlnCtfImage as written
+    ctf_file: str              # resolved path ("" without rlnCtfImage)
+    pixel_size: float
+    box: int
+    premultiplied: bool
+    volume = True
+
+    @property
+    def n_img(self):
+        return self.box
+
+    @property
+    def aproj(self):
+        return np.eye(3)[None]
+
+    def read_images(self, project_resolve, dtype=np.float32):
+        """(box, box, box) volume."""
+        data = read_stack_images(project_resolve(self.image_path), dtype=dtype)
+        if data.shape != (self.box,) * 3:
+            raise InputError(f"{self.image_path}: volume of {data.shape[::-1]} voxels, expected "
+                             f"{self.box}x{self.box}x{self.box} (rlnImageSize)")
+        return data
+
+    def _weights(self):
+        c = self.box
+        if not self.ctf_file:
+            return None, None
+        w = read_stack_images(self.ctf_file, dtype=np.float64)
+        h = c // 2 + 1
+        if w.shape == (2 * c, c, h):
+            if not self.premultiplied:
+                raise InputError(f"{self.ctf_path}: a multiplicity volume needs CTF-premultiplied subtomograms "
+                                 "(rlnCtfDataAreCtfPremultiplied = 1), as in RELION")
+            return w[:c], w[c:]
+        if w.shape == (c, c, h):
+            return w, None
+        if w.shape == (c, c, c):          # centred cubic CTF volume (origin at c//2)
+            i = np.arange(c)
+            kk = np.where(i <= c // 2, i, i - c)
+            return w[np.ix_(c // 2 - kk, c // 2 - kk, c // 2 - np.arange(h))], None
+        raise InputError(f"{self.ctf_path}: weights volume of {w.shape[::-1]} voxels; expected "
+                         f"{h}x{c}x{2 * c} (CTF² and multiplicity), {h}x{c}x{c} or {c}x{c}x{c} (rlnCtfImage)")
+
+    def fctf(self, box=None, xp=np):
+        """``Fctf`` (c, c, c//2+1): ``|CTF²|`` sums of premultiplied data (RELION's default
+        ``ctf3d_squared``), else the CTF volume; ones without a weights file."""
+        ctf, _ = self._weights()
+        if ctf is None:
+            return xp.ones((self.box, self.box, self.box // 2 + 1))
+        return xp.asarray(np.abs(ctf) if self.premultiplied else ctf)
+
+    def multiplicity(self):
+        """(c, c, c//2+1) multiplicity, or None when the weights file has none."""
+        _, mult = self._weights()
+        if mult is not None and mult.min() < 0:
+            raise InputError(f"{self.ctf_path}: the multiplicity volume has negative values")
+        return mult
+
+
+def load_subtomo_particles(particles, indices=None):
+    """:class:`SubtomoParticle` for every (or the given) particle of a 3D pseudo-subtomogram set."""
+    if "rlnImageName" not in particles.df.columns:
+        raise InputError(f"{particles.path}: table particles has no column rlnImageName")
+    has_ctf = "rlnCtfImage" in particles.df.columns
+    df = particles.df
+    wanted = range(particles.n) if indices is None else sorted(int(i) for i in indices)
+    groups = (df["rlnTomoName"] if "rlnTomoName" in df.columns else
+              df["rlnGroupName"] if "rlnGroupName" in df.columns else None)
+    out = []
+    for i in wanted:
+        optics = particles.optics_row(i)
+        for label in ("rlnImagePixelSize", "rlnImageSize"):
+            if label not in optics:
+                raise InputError(f"{particles.path}: table optics has no column {label}")
+        premult = bool(int(optics.get("rlnCtfDataAreCtfPremultiplied", 0)))
+        ctf = str(df["rlnCtfImage"].iloc[i]) if has_ctf else ""
+        out.append(SubtomoParticle(
+            index=int(i), tomo=str(groups.iloc[i]) if groups is not None else "group1",
+            image_path=split_image_name(str(df["rlnImageName"].iloc[i]))[0], ctf_path=ctf,
+            ctf_file=particles.resolve(ctf) if ctf else "",
+            pixel_size=float(optics["rlnImagePixelSize"]), box=int(optics["rlnImageSize"]), premultiplied=premult))
+    return out
+
+
+def is_volume_set(particles):
+    """True for 3D pseudo-subtomograms (``rlnImageDimensionality = 3`` and not 2D stacks)."""
+    if particles.is_stack2d or particles.optics is None:
+        return False
+    dims = particles.optics.get("rlnImageDimensionality")
+    return dims is not None and bool((dims.astype(int) == 3).all())

@@ -78,9 +78,10 @@ class ImageStore:
         stats = comm.gather((self.mode, time.time() - t0), root=0) if comm.Get_size() > 1 else [(self.mode, 0.0)]
         if comm.Get_rank() == 0:
             modes = sorted({m for m, _ in stats[1:] or stats})
-            log.info(" Particle images: %d images of %d pixels (%s, %.1f MB per node copy) held in %s; %.1f s",
-                     total, self.box, self.dtype.name, self.nbytes / 1e6, "/".join(modes),
-                     max(t for _, t in stats))
+            what = (f"{len(sps)} volumes of {self.box}^3 voxels" if sps and sps[0].volume
+                    else f"{total} images of {self.box} pixels")
+            log.info(" Particle images: %s (%s, %.1f MB per node copy) held in %s; %.1f s", what,
+                     self.dtype.name, self.nbytes / 1e6, "/".join(modes), max(t for _, t in stats))
 
     # ------------------------------------------------------------------ set-up
     def _dtype(self):

@@ -188,17 +188,20 @@ class AutoRefinement:
 
         res = self.p.ini_high if self.p.ini_high > 0 else 4.0 * 2.0 * self.px
         rmax = max(self.ori * self.px / res, 2.0)
-        r = radius_grid_2d(self.ori)
-        band = (r >= 1) & (r <= rmax)
         num = den = 0.0
         for sp in self.sps[:n_max]:
-            x = centred_rfft(self._read(sp).astype(np.float64), ndim=2)
+            ndim = 3 if sp.volume else 2
+            x = centred_rfft(self._read(sp).astype(np.float64), ndim=ndim)
             a = euler_to_matrix(*self.state.angles[sp.index]).reshape(1, 3, 3)
             fctf = sp.fctf() if self.p.do_ctf else 1.0
-            for h in (int(self.state.half[sp.index]),):
-                pred = fctf * self.models[h].sampler.project(a, sp.aproj, self.ori)[0]
-                num += float(np.real(np.vdot(pred[:, band], x[:, band])))
-                den += float(np.vdot(pred[:, band], pred[:, band]).real)
+            kz = lk.plane_frequencies(self.ori) if sp.volume else None
+            r = np.sqrt(radius_grid_2d(self.ori) ** 2 + (0.0 if kz is None else kz[:, None, None] ** 2))
+            h = int(self.state.half[sp.index])
+            pred = fctf * self.models[h].sampler.project(a, sp.aproj if kz is None else np.eye(3)[None].repeat(
+                self.ori, axis=0), self.ori, kz=kz)[0]
+            band = np.broadcast_to((r >= 1) & (r <= rmax), pred.shape)
+            num += float(np.real(np.vdot(pred[band], x[band])))
+            den += float(np.vdot(pred[band], pred[band]).real)
         if not den > 0 or not num > 0:
             raise InputError("the reference does not correlate with the particles at their input poses "
                              "(empty reference or wrong hand/convention?)")
@@ -433,10 +436,9 @@ class AutoRefinement:
 
     def _update_noise(self, m, s):
         p = self.p
-        npix = lk.npix_per_shell(self.ori)
         for og in range(len(m.sigma2)):
             if s.sumw[og] > 0:
-                new = s.wsum_sigma2[og] / (2.0 * s.sumw[og] * np.maximum(npix, 1))
+                new = s.wsum_sigma2[og] / (2.0 * np.maximum(s.count[og], 1e-30))
                 m.sigma2[og] = np.where(new > 0, np.maximum(new, 1e-15), m.sigma2[og])
         if s.offset_w > 0:
             m.sigma2_offset = max(s.offset_sum / (3.0 * s.offset_w), p.min_sigma2_offset)
