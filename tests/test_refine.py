@@ -116,6 +116,23 @@ def test_refines_3d_pseudo_subtomograms(project, monkeypatch, capsys):
     df = data["particles"].df
     assert df["rlnCtfImage"].str.endswith("_weights.mrc").all() and df["rlnImageName"].str.endswith("_data.mrc").all()
     assert int(data["optics"].df["rlnImageDimensionality"].iloc[0]) == 3
+    # bad 3D input: one clear line naming the file
+    from sta.io.star import write_star
+
+    star = read_star(project / "Extract3D" / "particles.star")
+    df = star["particles"].df
+    star["particles"].df = df.drop(columns=["rlnCtfImage"])
+    write_star(project / "Bad3D" / "noctf.star", star)
+    d2 = df.copy()
+    d2.loc[0, "rlnCtfImage"] = "Extract3D/missing_weights.mrc"
+    star["particles"].df = d2
+    write_star(project / "Bad3D" / "missing.star", star)
+    capsys.readouterr()
+    for name, text in (("noctf.star", "without rlnCtfImage"), ("missing.star", "missing_weights.mrc: file not found")):
+        bad = [a if a != "Extract3D/particles.star" else f"Bad3D/{name}" for a in args]
+        assert refine.main(["--o", "Bad3D/run", "--iter", "1"] + bad) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and text in err[0], err
 
 
 def test_continue_reproduces_the_run(project, refined, monkeypatch, capsys):

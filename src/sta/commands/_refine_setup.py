@@ -71,6 +71,9 @@ def build_refinement(args, comm, argv, resume=None):
     particles = ParticleSet.read(particles_file, tomograms)
     if is_volume_set(particles):
         sps = load_subtomo_particles(particles)
+        if args.ctf and not all(sp.ctf_file for sp in sps):
+            raise InputError(f"{particles_file}: 3D subtomograms without rlnCtfImage: --ctf needs each particle's "
+                             "CTF/weights volume (or leave out --ctf)")
         log.info(" %d 3D pseudo-subtomograms (rlnImageDimensionality 3)", len(sps))
     else:
         if tomograms is None:
