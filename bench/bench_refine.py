@@ -6,7 +6,9 @@ Simulates the hexamer (C6) with poses perturbed by 10° / 5 Å, extracts 2D stac
 (box 24, 8 Å) and bin 1 (box 48, 4 Å), reconstructs references, and runs a fixed number of
 local-search iterations.  Prints numbers from one run; nothing is asserted.
 
-Usage: python bench/bench_refine.py [--out DIR] [--tomograms 2] [--particles 24] [--iter 2]
+``--volume``: the same with 3D pseudo-subtomograms (sta_subtomo without ``--stack2d``).
+
+Usage: python bench/bench_refine.py [--out DIR] [--tomograms 2] [--particles 24] [--iter 2] [--volume]
 """
 
 import argparse
@@ -24,7 +26,10 @@ def main():
     ap.add_argument("--tomograms", type=int, default=2)
     ap.add_argument("--particles", type=int, default=24)
     ap.add_argument("--iter", type=int, default=2)
+    ap.add_argument("--volume", action="store_true", help="3D pseudo-subtomograms instead of 2D stacks")
     args = ap.parse_args()
+    kind = [] if args.volume else ["--stack2d"]
+    tomos = [] if args.volume else ["--tomograms", "tomograms.star"]
     out = Path(args.out)
     if out.exists():
         shutil.rmtree(out)
@@ -35,10 +40,11 @@ def main():
     n = args.tomograms * args.particles
     for box, binning in ((24, 2), (48, 1)):
         measure(["sta_subtomo", "--i", "optimisation_set_perturbed.star", "--b", str(box), "--bin", str(binning),
-                 "--stack2d", "--o", f"Extract/b{box}/"], out)
+                 ] + kind + ["--o", f"Extract/b{box}/"], out)
         measure(["sta_reconstruct_particle", "--i", "optimisation_set_perturbed.star", "--b", str(box), "--bin",
                  str(binning), "--o", f"Reconstruct/b{box}/"], out)
-    print(f"project: {n} particles, 41 tilts, C6, local searches (healpix 3), {args.iter} iterations + final")
+    print(f"project: {n} particles ({'3D pseudo-subtomograms' if args.volume else '2D stacks'}), 41 tilts, C6, "
+          f"local searches (healpix 3), {args.iter} iterations + final")
     rows = {}
     scratch = out / "scratch"
     runs = [("b24_np1", 24, 1, []), ("b48_np1", 48, 1, []), ("b24_np3", 24, 3, []), ("b24_np5", 24, 5, []),
@@ -47,7 +53,7 @@ def main():
     for label, box, ranks, extra in runs:
         cmd = (["mpirun", "-np", str(ranks)] if ranks > 1 else []) + [
             "sta_refine", "--o", f"Refine/{label}/run", "--auto_refine", "--split_random_halves", "--i",
-            f"Extract/b{box}/particles.star", "--tomograms", "tomograms.star", "--ref", f"Reconstruct/b{box}/merged.mrc",
+            f"Extract/b{box}/particles.star"] + tomos + ["--ref", f"Reconstruct/b{box}/merged.mrc",
             "--ini_high", "30", "--ctf", "--particle_diameter", "150", "--flatten_solvent", "--zero_mask",
             "--healpix_order", "3", "--auto_local_healpix_order", "3", "--offset_range", "3", "--offset_step", "1",
             "--sym", "C6", "--iter", str(args.iter), "--random_seed", "1"] + extra

@@ -135,6 +135,29 @@ def test_refines_3d_pseudo_subtomograms(project, monkeypatch, capsys):
         assert len(err) == 1 and text in err[0], err
 
 
+def test_angle_priors_centre_user_sigma_searches(project, monkeypatch):
+    """With --sigma_ang before the local-search stage the search is centred on rlnAngle*Prior (here
+    the true angles), as in RELION; without prior columns on the current (10° off) angles."""
+    from sta.io.star import write_star
+
+    monkeypatch.chdir(project)
+    star = read_star(project / "Extract" / "particles.star")
+    true = read_star(project / "particles.star")["particles"].df.set_index("rlnTomoParticleName")
+    df = star["particles"].df
+    for a in ("Rot", "Tilt", "Psi"):
+        df[f"rlnAngle{a}Prior"] = true.loc[df["rlnTomoParticleName"], f"rlnAngle{a}"].to_numpy()
+    write_star(project / "Prior" / "particles.star", star)
+    args = list(REFINE_ARGS)
+    args[args.index("--auto_local_healpix_order") + 1] = "5"     # order 3: before the auto local stage
+    errs = {}
+    for name, particles in (("prior", "Prior/particles.star"), ("none", "Extract/particles.star")):
+        run = [a if a != "Extract/particles.star" else particles for a in args]
+        assert refine.main(["--o", f"Prior/{name}/run", "--sigma_ang", "1.5", "--iter", "1"] + run) == 0
+        errs[name] = errors(project, f"Prior/{name}/run_it001_data.star")[0]
+    print(f"after one iteration with --sigma_ang 1.5: {errs}")
+    assert errs["prior"] < 6.0 and errs["none"] > errs["prior"] + 2.0, errs
+
+
 def test_continue_reproduces_the_run(project, refined, monkeypatch, capsys):
     """--continue from iteration 4 finishes with exactly the uninterrupted run's map and poses."""
     monkeypatch.chdir(project)

@@ -247,7 +247,9 @@ class RefineEngine:
 
         ``images`` (n_img, box, box) real premultiplied stack, or the (box, box, box) volume of a
         3D subtomogram; ``state`` dict with the current ``angles`` (deg), ``offset`` (Å) and
-        ``prior_offset`` (Å) of the particle.
+        ``prior_offset`` (Å) of the particle, and optionally ``prior_angles`` (deg, NaN = none):
+        the centres of a local search with user sigmas (RELION: ``rlnAngle*Prior`` before the
+        auto-refine local-search stage, else the current angles).
         """
         p, m = self.p, self.model
         og = self.optics_index[sp.index]
@@ -275,7 +277,11 @@ class RefineEngine:
             post = lk.weights_from_diff2(diff2, adaptive_fraction=1.0)
             dir_idx = self._direction_index(angles_f)
         else:
-            idx_c, angles_c, log_po_c, dir_c = self._coarse_orientations(cur)
+            centre = cur
+            if "prior_angles" in state:
+                prior = np.asarray(state["prior_angles"], float)
+                centre = np.where(np.isfinite(prior), prior, cur)
+            idx_c, angles_c, log_po_c, dir_c = self._coarse_orientations(centre)
             trial_c = self.sampling.perturb_translations(self.trans_coarse_A)
             trans_c = cur_off_px[None] + trial_c / px
             log_pt_c = lk.offset_log_prior(trans_c, prior_px, max(m.sigma2_offset, 0.0), px)

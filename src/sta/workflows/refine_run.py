@@ -101,6 +101,7 @@ class AutoRefinement:
         else:
             self.models = [HalfModel(self._initial_reference(r), pixel_size, n_optics) for r in references]
         self.state = self._initial_state()
+        self.prior_angles = self._prior_angles()
         self.pick_accuracy_particles()
         self.sampling = OrientationSampling(params.healpix_order, -1.0, params.offset_range_px * pixel_size,
                                             params.offset_step_px * pixel_size, params.perturb, params.symmetry)
@@ -179,6 +180,16 @@ class AutoRefinement:
         return PoseState(angles=self.particles.angles().copy(), offsets=self.particles.origins_angst().copy(),
                          prior_offsets=prior, half=half, pmax=z.copy(), nsig=z.copy(), logl=z.copy(),
                          spread=z.copy(), acc_rot=np.full(n, np.nan), acc_trans=np.full(n, np.nan))
+
+    def _prior_angles(self):
+        """(n, 3) ``rlnAngleRot/Tilt/PsiPrior`` (deg), NaN where absent or 999 (RELION: no prior)."""
+        df = self.particles.df
+        out = np.full((self.particles.n, 3), np.nan)
+        for j, label in enumerate(("rlnAngleRotPrior", "rlnAngleTiltPrior", "rlnAnglePsiPrior")):
+            if label in df.columns:
+                v = df[label].to_numpy(dtype=float)
+                out[:, j] = np.where(np.abs(v - 999.0) < 0.01, np.nan, v)
+        return out
 
     def _reference_scale(self, n_max=50):
         """Least-squares factor putting the reference on the data's scale: ``Σ Re(X·conj(F·P)) /
@@ -286,6 +297,8 @@ class AutoRefinement:
             sp = self.by_index[int(i)]
             st = {"angles": self.state.angles[i], "offset": self.state.offsets[i],
                   "prior_offset": self.state.prior_offsets[i]}
+            if engine.local_sigma is not None and not self.samp.sigma_ang > 0:
+                st["prior_angles"] = self.prior_angles[i]     # user --sigma_* stage: rlnAngle*Prior centres
             rng = np.random.default_rng([self.p.seed, self.iteration, int(i)])
             images = self._read(sp)
             res = engine.expect(sp, images, st, sums, rng)
