@@ -348,3 +348,17 @@ def test_ctf_noise_model_is_more_cautious(project, refined, monkeypatch):
     assert np.median(s_ctf[2:10] / s_rel[2:10]) > 1.5
     a, _ = errors(project, "Rctf/run_data.star")
     assert a < 6.0, a
+
+
+def test_prior_angle_columns():
+    """rlnAngle*Prior: 999 (RELION's 'no prior') and missing columns read as NaN."""
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from sta.workflows.refine_run import AutoRefinement
+
+    df = pd.DataFrame({"rlnAngleTiltPrior": [90.0, 999.0, 45.0], "rlnAnglePsiPrior": [999.0, 10.0, -5.0]})
+    got = AutoRefinement._prior_angles(SimpleNamespace(particles=SimpleNamespace(df=df, n=3)))
+    expect = np.array([[np.nan, 90.0, np.nan], [np.nan, np.nan, 10.0], [np.nan, 45.0, -5.0]])
+    np.testing.assert_array_equal(got, expect)
