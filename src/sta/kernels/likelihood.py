@@ -356,6 +356,8 @@ def prepare_particle(images_ft, ctf2, aproj, inv_sigma2, current_size=None, imag
         planes = window_rows(s, cs, xp)
         kz = plane_frequencies(cs, xp)
         full_kz = plane_frequencies(s, xp)
+        ires = resolution_index(s, xp, full_kz)
+        ok = ires >= 0
         if multiplicity is not None:
             full_mult = xp.asarray(multiplicity, dtype=float)
             valid = full_mult >= multi_thr
@@ -363,12 +365,9 @@ def prepare_particle(images_ft, ctf2, aproj, inv_sigma2, current_size=None, imag
             if images_nomask_ft is not None:
                 images_nomask_ft = images_nomask_ft * valid
             ctf2 = xp.asarray(ctf2, dtype=float) * valid
-            ires = resolution_index(s, xp, full_kz)
-            ok = ires >= 0
             shell_count = xp.bincount(ires[ok], weights=(full_mult * valid)[ok], minlength=nsh)[:nsh]
         else:
-            ires = resolution_index(s, xp, full_kz)
-            shell_count = xp.bincount(ires[ires >= 0], minlength=nsh)[:nsh].astype(float)
+            shell_count = xp.bincount(ires[ok], minlength=nsh)[:nsh].astype(float)
         power = power_spectra(images_ft, full_kz)
         images_ft = images_ft[planes]
         if images_nomask_ft is not None:
@@ -407,9 +406,10 @@ def prepare_particle(images_ft, ctf2, aproj, inv_sigma2, current_size=None, imag
     highres = power[:, cs // 2 + 1:].sum(axis=1) if cs < s else xp.zeros(power.shape[0])
     ax2 = x.real ** 2 + x.imag ** 2
     x2 = float(xp.sum(ax2 * w))
-    sqrt_xi2 = xp.sqrt(ax2.reshape(n, -1).sum(axis=1))
-    if volume:
+    if volume:   # one 3D image: its planes share one norm
         sqrt_xi2 = xp.full(n, float(xp.sqrt(ax2.sum())))
+    else:
+        sqrt_xi2 = xp.sqrt(ax2.reshape(n, -1).sum(axis=1))
     return PreparedParticle(images=x, images_nomask=x_nm, ctf2=c2, aproj=xp.asarray(aproj, dtype=float),
                             inv_sigma2=w, bp_inv_sigma2=bpw, ori_size=s, current_size=cs, pix=pix,
                             resol=resol, power=power, highres_xi2=highres, x2=x2, sqrt_xi2=sqrt_xi2,

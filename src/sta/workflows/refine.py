@@ -257,7 +257,7 @@ class RefineEngine:
         px = sp.pixel_size
         radius = p.particle_diameter / (2.0 * px)
         ctf = self._ctf(sp)
-        fill = _fill_sigma2(sigma2, ctf)
+        fill = sigma2 if p.zero_mask else _fill_sigma2(sigma2, ctf)   # the fill noise only without --zero_mask
         if sp.volume:
             masked = mask_volume(images, radius, p.maskedge, p.zero_mask, fill, rng)
             ndim = 3
@@ -309,9 +309,8 @@ class RefineEngine:
         its images (ones without ``--ctf``), the per-pixel noise weight of ``--ctf_noise`` (2D
         stacks) and the multiplicity volume of a 3D subtomogram."""
         if sp.volume:
-            shape = (sp.box, sp.box, sp.box // 2 + 1)
-            fctf = np.asarray(sp.fctf(), dtype=float) if self.p.do_ctf else np.ones(shape)
-            return fctf, None, sp.multiplicity()
+            fctf, mult = sp.weights()
+            return (np.asarray(fctf, dtype=float) if self.p.do_ctf else np.ones(fctf.shape)), None, mult
         if not self.p.do_ctf:
             return np.ones((sp.n_img, sp.box, sp.box // 2 + 1)), None, None
         fctf = np.asarray(sp.fctf(), dtype=float)
@@ -505,21 +504,22 @@ def initial_sigma2(stack_particles, read_images, n_per_group, optics_index, n_op
     sums = np.zeros((n_optics, n_shells))
     den = np.zeros((n_optics, n_shells))
     taken = np.zeros(n_optics, dtype=int)
+    radius = {}   # rounded radius grid per dimensionality, made once
     for sp in stack_particles:
         og = optics_index[sp.index]
         if taken[og] >= n_per_group:
             continue
+        ndim = 3 if sp.volume else 2
+        if ndim not in radius:
+            radius[ndim] = np.round(radius_grid_3d(ori) if sp.volume else radius_grid_2d(ori)).astype(int)
+        r = radius[ndim]
+        x = centred_rfft(read_images(sp).astype(np.float64), ndim=ndim)
+        p = x.real ** 2 + x.imag ** 2
         if sp.volume:
-            x = centred_rfft(read_images(sp).astype(np.float64), ndim=3)
-            p = x.real ** 2 + x.imag ** 2
-            r = np.round(radius_grid_3d(ori)).astype(int)
             mult = sp.multiplicity()
             count = np.ones(p.shape) if mult is None else mult
         else:
-            x = centred_rfft(read_images(sp).astype(np.float64), ndim=2)
-            p = x.real ** 2 + x.imag ** 2
             p = (p * lk.ctf_noise_weight(sp.fctf()) if ctf_noise else p).sum(axis=0)
-            r = np.round(radius_grid_2d(ori)).astype(int)
             count = np.full(p.shape, float(sp.n_img))
         ok = r < n_shells
         sums[og] += np.bincount(r[ok], p[ok], minlength=n_shells)[:n_shells]

@@ -164,7 +164,8 @@ class SubtomoParticle:
 
     @property
     def aproj(self):
-        return np.eye(3)[None]
+        """Identity for every plane ``kz`` of the full-size 3D spectrum (the subtomogram frame)."""
+        return np.broadcast_to(np.eye(3), (self.box, 3, 3))
 
     def read_images(self, project_resolve, dtype=np.float32):
         """(box, box, box) volume."""
@@ -194,20 +195,24 @@ class SubtomoParticle:
         raise InputError(f"{self.ctf_path}: weights volume of {w.shape[::-1]} voxels; expected "
                          f"{h}x{c}x{2 * c} (CTF² and multiplicity), {h}x{c}x{c} or {c}x{c}x{c} (rlnCtfImage)")
 
-    def fctf(self, box=None, xp=np):
-        """``Fctf`` (c, c, c//2+1): ``|CTF²|`` sums of premultiplied data (RELION's default
-        ``ctf3d_squared``), else the CTF volume; ones without a weights file."""
-        ctf, _ = self._weights()
-        if ctf is None:
-            return xp.ones((self.box, self.box, self.box // 2 + 1))
-        return xp.asarray(np.abs(ctf) if self.premultiplied else ctf)
-
-    def multiplicity(self):
-        """(c, c, c//2+1) multiplicity, or None when the weights file has none."""
-        _, mult = self._weights()
+    def weights(self):
+        """(``Fctf``, multiplicity) from one read of the weights file.  ``Fctf`` (c, c, c//2+1):
+        ``|CTF²|`` sums of premultiplied data (RELION's default ``ctf3d_squared``), else the CTF
+        volume; ones without a weights file.  Multiplicity: None when the file has none."""
+        ctf, mult = self._weights()
         if mult is not None and mult.min() < 0:
             raise InputError(f"{self.ctf_path}: the multiplicity volume has negative values")
-        return mult
+        if ctf is None:
+            return np.ones((self.box, self.box, self.box // 2 + 1)), mult
+        return (np.abs(ctf) if self.premultiplied else ctf), mult
+
+    def fctf(self, box=None, xp=np):
+        """``Fctf`` of :meth:`weights`."""
+        return xp.asarray(self.weights()[0])
+
+    def multiplicity(self):
+        """Multiplicity of :meth:`weights` (None when the weights file has none)."""
+        return self.weights()[1]
 
 
 def load_subtomo_particles(particles, indices=None):

@@ -195,7 +195,7 @@ class AutoRefinement:
         """Least-squares factor putting the reference on the data's scale: ``Σ Re(X·conj(F·P)) /
         Σ |F·P|²`` at the input poses, over the shells below ``--ini_high`` (or a quarter of
         the box) of up to ``n_max`` particles."""
-        from sta.kernels.fourier import centred_rfft, radius_grid_2d
+        from sta.kernels.fourier import centred_rfft, radius_grid_2d, radius_grid_3d
 
         res = self.p.ini_high if self.p.ini_high > 0 else 4.0 * 2.0 * self.px
         rmax = max(self.ori * self.px / res, 2.0)
@@ -206,10 +206,9 @@ class AutoRefinement:
             a = euler_to_matrix(*self.state.angles[sp.index]).reshape(1, 3, 3)
             fctf = sp.fctf() if self.p.do_ctf else 1.0
             kz = lk.plane_frequencies(self.ori) if sp.volume else None
-            r = np.sqrt(radius_grid_2d(self.ori) ** 2 + (0.0 if kz is None else kz[:, None, None] ** 2))
+            r = radius_grid_3d(self.ori) if sp.volume else radius_grid_2d(self.ori)
             h = int(self.state.half[sp.index])
-            pred = fctf * self.models[h].sampler.project(a, sp.aproj if kz is None else np.eye(3)[None].repeat(
-                self.ori, axis=0), self.ori, kz=kz)[0]
+            pred = fctf * self.models[h].sampler.project(a, sp.aproj, self.ori, kz=kz)[0]
             band = np.broadcast_to((r >= 1) & (r <= rmax), pred.shape)
             num += float(np.real(np.vdot(pred[band], x[band])))
             den += float(np.vdot(pred[band], pred[band]).real)
