@@ -111,7 +111,8 @@ def test_launcher_wrapper_drops_oversubscribe(alias_dir):
         pytest.skip("the MPI launcher is not MPICH hydra: no wrapper written")
     res = subprocess.run([str(alias_dir / "mpirun"), "--oversubscribe", "-n", "2", sys.executable, "-c",
                           "print('hello')"], capture_output=True, text=True, timeout=60)
-    assert res.returncode == 0 and res.stdout.split() == ["hello", "hello"], res.stderr
+    # two ranks share one stdout: their lines may interleave ("hellohello\n\n"), so count words
+    assert res.returncode == 0 and res.stdout.count("hello") == 2, (res.stdout, res.stderr)
 
 
 @pytest.mark.skipif(shutil.which("mpirun") is None, reason="mpirun not installed")
