@@ -171,27 +171,36 @@ def render_tilt_series(projector, tomo, params, positions, matrices, proj):
     w, h = p.image_size
     n_tilts = len(tomo["angles"])
     images = np.zeros((n_tilts, h, w))
-    patch = 2 * p.box  # room for the CTF's delocalisation around the particle
-    half = patch // 2
+    half = 2 * p.box // 2
     dz_def = defocus_offsets(proj, positions, p.tomo_size, p.pixel_size, p.hand, p.defocus_slope)
     q = project(proj, positions)  # (n, f, 3)
-    dose = dose_weights_2d(patch, p.pixel_size, tomo["pre_exposure"], p.bfactor_per_dose)
     for i in range(len(positions)):
-        rots = proj[:, :3, :3] @ matrices[i]
-        spec = projector.project_slices(rots, patch)
-        if p.ctf:
-            ctf = ctf_2d(patch, p.pixel_size, tomo["defocus_u"] + dz_def[i], tomo["defocus_v"] + dz_def[i],
-                         tomo["defocus_angle"], p.voltage, p.cs, p.q0, scale=tomo["scale"])
-            spec = spec * (-ctf * dose)
-        else:
-            spec = spec * (-tomo["scale"][:, None, None])
         anchor = np.round(q[i, :, :2]).astype(int)
-        frac = q[i, :, :2] - anchor
-        spec = spec * phase_shift_2d(patch, frac)
-        patches = slices_to_images(spec, patch)
+        patches = render_particle(projector, tomo, p, proj, positions[i], matrices[i], dz_def[i], anchor)
         for f in range(n_tilts):
             _add_patch(images[f], patches[f], anchor[f, 0] - half, anchor[f, 1] - half)
     return images
+
+
+def render_particle(projector, tomo, params, proj, position, matrix, dz, anchor):
+    """Noise-free images of one particle, (n_tilts, 2·box, 2·box), each centred on ``anchor[f]``
+    (integer image pixel; the 2-box patch leaves room for the CTF's delocalisation).
+
+    ``position`` is the centre in tomogram pixels, ``matrix`` the rotation ``M`` of the
+    reference into the tomogram and ``dz`` the particle's depth defocus offset (Å) of each tilt.
+    """
+    p = params
+    patch = 2 * p.box
+    spec = projector.project_slices(proj[:, :3, :3] @ matrix, patch)
+    if p.ctf:
+        dose = dose_weights_2d(patch, p.pixel_size, tomo["pre_exposure"], p.bfactor_per_dose)
+        ctf = ctf_2d(patch, p.pixel_size, tomo["defocus_u"] + dz, tomo["defocus_v"] + dz,
+                     tomo["defocus_angle"], p.voltage, p.cs, p.q0, scale=tomo["scale"])
+        spec = spec * (-ctf * dose)
+    else:
+        spec = spec * (-tomo["scale"][:, None, None])
+    frac = project(proj, position)[:, :2] - anchor
+    return slices_to_images(spec * phase_shift_2d(patch, frac), patch)
 
 
 def _add_patch(image, patch, x0, y0):
@@ -236,6 +245,30 @@ def _ground_truth(params):
     return atomic_model_map(p.model, p.box, p.pixel_size, res, symmetry=group)
 
 
+def project_geometry(params, rng):
+    """Yield, tomogram by tomogram, what the simulation draws before its noise:
+    ``(tomo, proj, positions, M, A_sub, halves)``, with ``tomo["proj"]`` set.
+
+    Rendering draws nothing, so the same parameters and a generator in the same state give
+    the same geometry whether or not the images are made (:mod:`sta.simulate.bound` uses this).
+    """
+    p = params
+    for t in range(p.n_tomograms):
+        tomo = make_tomogram(p, rng, t)
+        proj = projection_matrices(tomo["xtilt"], tomo["ytilt"], tomo["zrot"], tomo["xshift"], tomo["yshift"],
+                                   p.pixel_size, p.tomo_size, p.image_size)
+        tomo["proj"] = proj
+        n = p.particles_per_tomogram
+        pos = place_particles(p, rng, n, proj)
+        m_true = _random_rotations(rng, n)
+        a_sub = np.broadcast_to(np.eye(3), (n, 3, 3)).copy()
+        has_sub = rng.random(n) < p.subtomo_fraction
+        if has_sub.any():
+            a_sub[has_sub] = _random_rotations(rng, int(has_sub.sum()))
+        halves = rng.permutation(np.arange(n) % 2 + 1)
+        yield tomo, proj, pos, m_true, a_sub, halves
+
+
 def simulate_project(params, out_dir, volume=None, progress=None):
     """See :func:`_simulate_project`; runs with NumPy's FFT so that a seed gives identical bytes."""
     from sta.backend.fft import use_fft_engine
@@ -269,23 +302,12 @@ def _simulate_project(params, out_dir, volume=None, progress=None):
     os.makedirs(out_dir, exist_ok=True)
     projector = FourierProjector(volume, pad=simulation_padding(p.box))
     tomos, particles, images_all = [], [], []
-    for t in range(p.n_tomograms):
-        tomo = make_tomogram(p, rng, t)
-        proj = projection_matrices(tomo["xtilt"], tomo["ytilt"], tomo["zrot"], tomo["xshift"], tomo["yshift"],
-                                   p.pixel_size, p.tomo_size, p.image_size)
-        n = p.particles_per_tomogram
-        pos = place_particles(p, rng, n, proj)
-        m_true = _random_rotations(rng, n)
-        a_sub = np.broadcast_to(np.eye(3), (n, 3, 3)).copy()
-        has_sub = rng.random(n) < p.subtomo_fraction
-        if has_sub.any():
-            a_sub[has_sub] = _random_rotations(rng, int(has_sub.sum()))
+    for t, (tomo, proj, pos, m_true, a_sub, halves) in enumerate(project_geometry(p, rng)):
+        n = len(pos)
         a_part = np.swapaxes(a_sub, -1, -2) @ m_true
         images = render_tilt_series(projector, tomo, p, pos, m_true, proj)
-        tomo["proj"] = proj
         tomos.append(tomo)
         images_all.append(images)
-        halves = rng.permutation(np.arange(n) % 2 + 1)
         for i in range(n):
             particles.append({"tomo": tomo["name"], "name": f"{tomo['name']}/{i + 1}", "pos_px": pos[i],
                               "M": m_true[i], "A_sub": a_sub[i], "A_part": a_part[i], "half": int(halves[i]),
