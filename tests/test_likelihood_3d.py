@@ -157,3 +157,27 @@ def test_weights_file_formats(tmp_path):
         particle("bad.mrc").fctf()
     with pytest.raises(InputError, match="premultiplied"):
         particle("both.mrc", premult=False).fctf()
+
+
+def test_first_iteration_cc_of_a_subtomogram(vol):
+    """--firstiter_cc on a 3D subtomogram: one norm over all planes, so a noise-free copy of the
+    reference scores exactly −1 at the true pose whatever its scale, and the true pose wins."""
+    from sta.kernels.likelihood import cross_correlation_scores
+
+    sampler = SliceSampler(FourierProjector(vol, pad=2))
+    kz = plane_frequencies(N)
+    true = euler_to_matrix(30.0, 60.0, -45.0)
+    x = sampler.project(true[None], identity(N), N, kz=kz)[0]
+    inv, _ = noise_maps(np.full(N // 2 + 1, 1e-3), N, kz=kz)
+    rots = np.concatenate([true[None], euler_to_matrix(np.array([35.0, 30.0, 30.0]), np.array([60.0, 70.0, 60.0]),
+                                                       np.array([-45.0, -45.0, -35.0]))])
+    trans = translations(2.0, 1.0)
+    zero = int(np.flatnonzero((trans == 0).all(axis=1))[0])
+    for scale in (1.0, 3.0):
+        p = prepare_particle(scale * x, np.ones(x.shape), None, inv, N, volume=True)
+        ph = translation_phases(trans, p.aproj, N, kz=p.kz)
+        s = cross_correlation_scores(sampler.project(rots, p.aproj, N, kz=p.kz), p, ph)
+        assert s.shape == (len(rots), len(trans))
+        assert s[0, zero] == pytest.approx(-1.0, abs=1e-9)
+        assert np.unravel_index(np.argmin(s), s.shape) == (0, zero)
+        assert np.all(np.delete(s.ravel(), zero) > -1.0 + 1e-3)
