@@ -9,13 +9,7 @@ from sta.geometry.euler import matrix_to_euler
 from sta.geometry.symmetry import parse_symmetry
 from sta.io.star import write_star
 from sta.simulate.evaluate import pose_error_report, pose_errors
-
-
-def _rot(axis, deg):
-    axis = np.asarray(axis, float) / np.linalg.norm(axis)
-    k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
-    a = np.radians(deg)
-    return np.eye(3) + np.sin(a) * k + (1 - np.cos(a)) * k @ k
+from sta.simulate.project import _axis_angle as _rot
 
 
 def test_gauge_of_each_half_is_removed(tmp_path):

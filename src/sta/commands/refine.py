@@ -4,11 +4,12 @@
 Regularised likelihood optimisation as RELION defines it: Gaussian noise with per-shell σ²
 estimated from the data, τ² from the half-set FSC, marginalisation over HEALPix
 orientations × 3D translations with adaptive oversampling, CTF² of the premultiplied
-stacks per tilt image (3D subtomograms: their CTF² and multiplicity volumes), symmetry, auto-sampling (finer HEALPix orders, then local searches)
-and a final iteration joining the halves.  Writes RELION's files: run_itNNN_half{1,2}_class001.mrc,
-run_itNNN_half{1,2}_model.star, run_itNNN_data.star, run_itNNN_optimiser.star,
-run_itNNN_sampling.star, and at the end run_class001.mrc, run_half{1,2}_class001_unfil.mrc,
-run_model.star, run_data.star, run_optimiser.star, run_sampling.star, run_optimisation_set.star.
+stacks per tilt image (3D subtomograms: their CTF² and multiplicity volumes), symmetry,
+auto-sampling (finer HEALPix orders, then local searches) and a final iteration joining the
+halves.  Writes RELION's files: run_itNNN_half{1,2}_class001.mrc, run_itNNN_half{1,2}_model.star,
+run_itNNN_data.star, run_itNNN_optimiser.star, run_itNNN_sampling.star, and at the end
+run_class001.mrc, run_half{1,2}_class001_unfil.mrc, run_model.star, run_data.star,
+run_optimiser.star, run_sampling.star, run_optimisation_set.star.
 
 Under mpirun rank 0 is the leader and the other ranks form two half-set groups
 (odd ranks half 1, even ranks half 2); -np 1 runs both halves in one process.

@@ -84,7 +84,6 @@ def expected_shift_error(ref_slices, phases, ctf2, inv_sigma2, choice):
     """
     xp = get_array_module(ctf2)
     steps = relion_shift_steps()
-    n_img = ctf2.shape[0]
     amp = (ref_slices.real ** 2 + ref_slices.imag ** 2) * ctf2 * ctf2 * inv_sigma2   # (n_img, n_pix)
     snr = np.zeros(len(steps))
     for axis in range(3):

@@ -46,7 +46,7 @@ def pose_fisher(projector, tomo, params, proj, position, matrix, dz, sigma, wind
     radius : float
         Highest frequency kept, in cycles per window (window / (2 × binning) at Nyquist).
     """
-    from sta.simulate.project import _axis_angle, render_particle
+    from sta.simulate.project import _axis_angle, patch_dose_weights, render_particle
     from sta.geometry.tilt import project
 
     half = params.box
@@ -56,9 +56,10 @@ def pose_fisher(projector, tomo, params, proj, position, matrix, dz, sigma, wind
     k = np.fft.fftfreq(window) * window
     keep = (k[:, None] ** 2 + k[None, :] ** 2) <= radius ** 2
     anchor = np.round(project(proj, position)[:, :2]).astype(int)
+    dose = patch_dose_weights(tomo, params)
 
     def image(m, pos):
-        img = render_particle(projector, tomo, params, proj, pos, m, dz, anchor)
+        img = render_particle(projector, tomo, params, proj, pos, m, dz, anchor, dose)
         return np.fft.fft2(img[:, lo:lo + window, lo:lo + window])[:, keep]
 
     grads = []

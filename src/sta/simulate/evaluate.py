@@ -5,7 +5,7 @@ import os
 
 import numpy as np
 
-from sta.geometry.euler import euler_to_matrix
+from sta.geometry.euler import angular_distance, euler_to_matrix
 from sta.geometry.symmetry import parse_symmetry
 from sta.io.star import read_star
 
@@ -26,7 +26,7 @@ def pose_errors(project_dir, data_star, symmetry="C1"):
 
 def _angle(rot):
     """Rotation angle(s) in degrees of (..., 3, 3) matrices."""
-    return np.degrees(np.arccos(np.clip((np.trace(rot, axis1=-2, axis2=-1) - 1) / 2, -1, 1)))
+    return angular_distance(np.eye(3), rot)
 
 
 def pose_error_report(project_dir, data_star, symmetry="C1"):
@@ -72,7 +72,7 @@ def pose_error_report(project_dir, data_star, symmetry="C1"):
         u, _, vt = np.linalg.svd(err_rot[sel].mean(axis=0))
         g = u @ np.diag([1.0, 1.0, np.linalg.det(u @ vt)]) @ vt
         shift = np.einsum("nji,nj->i", m_all[sel], err_cen[sel]) / sel.sum()
-        ang_g[sel] = _angle(g.T @ err_rot[sel])
+        ang_g[sel] = angular_distance(g, err_rot[sel])
         off_g[sel] = np.linalg.norm(err_cen[sel] - m_all[sel] @ shift, axis=1)
         axis = np.array([g[2, 1] - g[1, 2], g[0, 2] - g[2, 0], g[1, 0] - g[0, 1]])
         gauge[int(h)] = (float(_angle(g)), axis / max(np.linalg.norm(axis), 1e-12), shift)

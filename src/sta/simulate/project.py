@@ -171,29 +171,36 @@ def render_tilt_series(projector, tomo, params, positions, matrices, proj):
     w, h = p.image_size
     n_tilts = len(tomo["angles"])
     images = np.zeros((n_tilts, h, w))
-    half = 2 * p.box // 2
+    half = p.box  # patches are 2·box wide
     dz_def = defocus_offsets(proj, positions, p.tomo_size, p.pixel_size, p.hand, p.defocus_slope)
     q = project(proj, positions)  # (n, f, 3)
+    dose = patch_dose_weights(tomo, p)
     for i in range(len(positions)):
         anchor = np.round(q[i, :, :2]).astype(int)
-        patches = render_particle(projector, tomo, p, proj, positions[i], matrices[i], dz_def[i], anchor)
+        patches = render_particle(projector, tomo, p, proj, positions[i], matrices[i], dz_def[i], anchor, dose)
         for f in range(n_tilts):
             _add_patch(images[f], patches[f], anchor[f, 0] - half, anchor[f, 1] - half)
     return images
 
 
-def render_particle(projector, tomo, params, proj, position, matrix, dz, anchor):
+def patch_dose_weights(tomo, params):
+    """Dose weights (n_tilts, 2·box, box+1) of a tomogram's particle patches (None without CTF)."""
+    p = params
+    return dose_weights_2d(2 * p.box, p.pixel_size, tomo["pre_exposure"], p.bfactor_per_dose) if p.ctf else None
+
+
+def render_particle(projector, tomo, params, proj, position, matrix, dz, anchor, dose):
     """Noise-free images of one particle, (n_tilts, 2·box, 2·box), each centred on ``anchor[f]``
     (integer image pixel; the 2-box patch leaves room for the CTF's delocalisation).
 
     ``position`` is the centre in tomogram pixels, ``matrix`` the rotation ``M`` of the
-    reference into the tomogram and ``dz`` the particle's depth defocus offset (Å) of each tilt.
+    reference into the tomogram, ``dz`` the particle's depth defocus offset (Å) of each tilt and
+    ``dose`` the tomogram's :func:`patch_dose_weights`.
     """
     p = params
     patch = 2 * p.box
     spec = projector.project_slices(proj[:, :3, :3] @ matrix, patch)
     if p.ctf:
-        dose = dose_weights_2d(patch, p.pixel_size, tomo["pre_exposure"], p.bfactor_per_dose)
         ctf = ctf_2d(patch, p.pixel_size, tomo["defocus_u"] + dz, tomo["defocus_v"] + dz,
                      tomo["defocus_angle"], p.voltage, p.cs, p.q0, scale=tomo["scale"])
         spec = spec * (-ctf * dose)

@@ -12,7 +12,7 @@ import logging
 
 import numpy as np
 
-from sta.geometry.euler import euler_to_matrix
+from sta.geometry.euler import angular_distance, euler_to_matrix
 from sta.kernels import fourier_insert as fi
 from sta.kernels import likelihood as lk
 from sta.kernels.fourier import centred_irfft, centred_rfft, radius_grid_2d, radius_grid_3d
@@ -487,9 +487,7 @@ def _shell_mean(values, radius, n_shells):
 
 def _angular_spread(rots, best_angles, weights):
     """Posterior-weighted RMS angle (deg) between the kept orientations and the best one."""
-    b = euler_to_matrix(*best_angles)
-    tr = np.einsum("nij,ij->n", rots, b)
-    ang = np.rad2deg(np.arccos(np.clip((tr - 1) / 2, -1, 1)))
+    ang = angular_distance(rots, euler_to_matrix(*best_angles))
     w = weights / max(weights.sum(), 1e-300)
     return float(np.sqrt((w * ang * ang).sum()))
 
