@@ -1,5 +1,7 @@
 """MRC maps and stacks through ``mrcfile`` (float32 mode 2, float16 mode 12).
 
+Paths may carry RELION's type suffix (``map.mrc:mrc``, ``stack.mrc:mrcs``; see
+:mod:`sta.io.image_name`); every MRC file is read whatever its extension.
 Arrays are returned in MRC order ``(z, y, x)`` (a 2D image is ``(y, x)``; a stack of 2D
 images is ``(n, y, x)``).  Pixel sizes are in Å.  Every problem with a file becomes an
 :class:`~sta.errors.InputError` naming the file.
@@ -13,15 +15,19 @@ import numpy as np
 
 from sta.errors import FormatError, InputError
 from sta.io.atomic import atomic_path
+from sta.io.image_name import map_file
 
 
 def _check_exists(path):
+    """The file of ``path[:mrc|:mrcs]`` (RELION's type suffix removed); an error when absent."""
+    path = map_file(os.fspath(path))
     if not os.path.exists(path):
         raise InputError(f"{path}: file not found (expected an MRC file)")
+    return path
 
 
 def _open(path, header_only=False):
-    _check_exists(path)
+    path = _check_exists(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -57,7 +63,7 @@ def read_header(path):
 
 def read_stack_images(path, indices=None, dtype=np.float32):
     """Read some 2D images of a stack (memory-mapped; ``indices`` None = all)."""
-    _check_exists(path)
+    path = _check_exists(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

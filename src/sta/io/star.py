@@ -46,6 +46,7 @@ import pandas as pd
 from sta.errors import FormatError, InputError
 from sta.io import labels as _labels
 from sta.io.atomic import atomic_path
+from sta.io.image_name import parse_image_name
 
 logger = logging.getLogger(__name__)
 
@@ -179,18 +180,19 @@ def resolve_path(path, project_dir=None):
     return os.path.join(os.fspath(project_dir) if project_dir is not None else os.getcwd(), path)
 
 
-def split_image_name(name):
-    """Split RELION's ``n@file`` image reference into ``(file, index)``.
+def split_image_name(name, where=None):
+    """Split RELION's ``[n@]file[:type]`` image reference into ``(file, index)``.
+
+    The type suffix (``:mrcs``, ``:mrc``) is checked and removed: see
+    :func:`sta.io.image_name.parse_image_name`.
 
     Returns
     -------
     (str, int or None)
         The file name and the 1-based section number, or ``None`` without an ``n@`` prefix.
     """
-    head, sep, tail = str(name).partition("@")
-    if sep and head.isdigit():
-        return tail, int(head)
-    return str(name), None
+    parsed = parse_image_name(name, where)
+    return parsed.path, parsed.section
 
 
 def _parse_vector(text, dtype, what):

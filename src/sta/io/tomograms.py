@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from sta.errors import FormatError, InputError
+from sta.io.image_name import image_file
 from sta.io.star import (
     loop_table,
     parse_float_vector,
@@ -194,14 +195,14 @@ class TiltSeries:
 
     def micrograph_paths(self):
         """Return the file-system paths of ``rlnMicrographName`` (one per tilt, ``n@`` removed)."""
-        return [resolve_path(split_image_name(v)[0], self.project_dir)
-                for v in self.column("rlnMicrographName").tolist()]
+        return [path for path, _ in self.micrograph_entries()]
 
     def micrograph_entries(self):
         """Return ``(path, section)`` per tilt: resolved file and 1-based ``n@`` section or None."""
         out = []
-        for v in self.column("rlnMicrographName").tolist():
-            fname, section = split_image_name(v)
+        where = f"{self.star_file or self.source}: table {self.name}"
+        for row, v in enumerate(self.column("rlnMicrographName").tolist(), 1):
+            fname, section = split_image_name(v, f"{where} row {row} rlnMicrographName")
             out.append((resolve_path(fname, self.project_dir), section))
         return out
 
@@ -382,7 +383,8 @@ class TomogramSet:
         if "rlnMicrographName" not in ts.df.columns:
             raise InputError(f"{where} has no column rlnMicrographName (and the global table "
                              "no rlnTomoTiltSeriesName)")
-        entries = [split_image_name(v) for v in ts.df["rlnMicrographName"].tolist()]
+        entries = [split_image_name(v, f"{where} row {row} rlnMicrographName")
+                   for row, v in enumerate(ts.df["rlnMicrographName"].tolist(), 1)]
         files = {f for f, _ in entries}
         if len(files) == 1 and all(s is not None for _, s in entries):
             nz = self._check_stack(where, ts.n_tilts, entries[0][0])
@@ -398,6 +400,7 @@ class TomogramSet:
                 raise InputError(f"{where} row {row}: {fname} has no image {section}")
 
     def _check_stack(self, where, n_rows, stack):
+        stack = image_file(stack, where)
         full = self.resolve(stack)
         if not os.path.exists(full):
             raise InputError(f"{where}: tilt-series stack {stack} not found")

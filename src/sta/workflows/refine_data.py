@@ -28,6 +28,7 @@ import numpy as np
 
 from sta.errors import InputError
 from sta.io.mrc import read_stack_images
+from sta.io.image_name import image_file
 from sta.io.star import split_image_name
 from sta.kernels.ctf import ctf_2d
 from sta.kernels.fourier import centred_rfft
@@ -129,7 +130,8 @@ def _one(particles, tilt, geo, k, i):
     pos = geo.positions[k]
     dz = tilt.proj[fs, 2, :3] @ (pos - tilt.centre)
     delta = tilt.ts.hand * tilt.pixel_size * tilt.ts.defocus_slope * dz
-    image, _ = split_image_name(str(particles.df["rlnImageName"].iloc[i]))
+    image, _ = split_image_name(str(particles.df["rlnImageName"].iloc[i]),
+                                f"{particles.path}: table particles row {i + 1} rlnImageName")
     return StackParticle(
         index=int(i), tomo=tilt.name, image_path=image,
         aproj=tilt.proj[fs, :3, :3] @ geo.a_sub[k],
@@ -232,10 +234,12 @@ def load_subtomo_particles(particles, indices=None):
                 raise InputError(f"{particles.path}: table optics has no column {label}")
         premult = bool(int(optics.get("rlnCtfDataAreCtfPremultiplied", 0)))
         ctf = str(df["rlnCtfImage"].iloc[i]) if has_ctf else ""
+        where = f"{particles.path}: table particles row {i + 1}"
         out.append(SubtomoParticle(
             index=int(i), tomo=str(groups.iloc[i]) if groups is not None else "group1",
-            image_path=split_image_name(str(df["rlnImageName"].iloc[i]))[0], ctf_path=ctf,
-            ctf_file=particles.resolve(ctf) if ctf else "",
+            image_path=split_image_name(str(df["rlnImageName"].iloc[i]), f"{where} rlnImageName")[0],
+            ctf_path=ctf,
+            ctf_file=particles.resolve(image_file(ctf, f"{where} rlnCtfImage")) if ctf else "",
             pixel_size=float(optics["rlnImagePixelSize"]), box=int(optics["rlnImageSize"]), premultiplied=premult))
     return out
 
