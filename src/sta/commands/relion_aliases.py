@@ -3,21 +3,26 @@
 Writes one small shell script per RELION program name into --o, for example
 ``relion_tomo_reconstruct_particle_mpi`` containing
 ``exec <python> -m sta.commands.reconstruct_particle "$@"``: RELION's argument list is
-passed on unchanged, so a RELION GUI, ccpem-pipeliner, py2rely or a queue template that
-calls ``mpirun -n 5 relion_tomo_reconstruct_particle_mpi --t ... --p ...`` runs sta once
-the directory is first on PATH.  ``_mpi`` names run the same module as the plain names
-(every sta tool works with and without mpirun).  A name is written only when its sta tool
-exists in this installation (tools still to come are listed by --list and appear when
-this command is run again after an update).  Every alias answers ``--version`` with
-``RELION version: 5.0-compatible (sta X.Y.Z)`` and ``--help`` with the sta tool's help.
-The scripts call the Python interpreter by its absolute path (--python, default: the
-interpreter running this command) with PYTHONSAFEPATH=1, so a folder in the RELION
-project cannot shadow a package.
+passed on unchanged, so a RELION GUI, ccpem-pipeliner, py2rely, Scipion's reliontomo plugin
+or a queue template that calls ``mpirun -n 5 relion_tomo_reconstruct_particle_mpi --t ...``
+runs sta once the directory is first on PATH.  ``_mpi`` names run the same module as the
+plain names (every sta tool works with and without mpirun).  Every RELION name a client
+may call is written: a name whose sta tool does not exist yet in this version (see --list)
+prints one line saying so, writes RELION_JOB_EXIT_FAILURE under --pipeline_control and
+exits 1, so the pipeline sees the step fail instead of a launcher's "No such file".
+Every alias answers ``--version`` with ``RELION version: 5.0-compatible (sta X.Y.Z)``; the
+available ones answer ``--help`` with the sta tool's help.  The scripts call the Python
+interpreter by its absolute path (--python, default: the interpreter running this
+command) with PYTHONSAFEPATH=1, so a folder in the RELION project cannot shadow a package.
 
 When the MPI launcher that goes with that interpreter is MPICH's hydra (the ``mpich`` wheel
-of the ``mpi`` extra), ``mpirun`` and ``mpiexec`` wrappers are written too: pipelines such as
-py2rely call ``mpirun --oversubscribe -n 5 ...``, an Open MPI option that hydra rejects (and
-does not need: it always allows more ranks than cores); the wrappers drop it and run hydra.
+of the ``mpi`` extra), ``mpirun`` and ``mpiexec`` wrappers are written too: pipelines and
+Scipion host configurations written for Open MPI pass options hydra rejects
+(``--oversubscribe``, ``--allow-run-as-root``, ``--bind-to none``, ``--map-by ...``,
+``--mca key value``, ``-x VAR``).  The wrappers translate them where hydra has an equivalent
+(``-x VAR`` -> ``-genvlist VAR``, ``--bind-to``/``--map-by`` -> hydra's ``-bind-to``/
+``-map-by``/``-ppn``, ``-H`` -> ``-hosts``) and drop the others with one line on stderr
+naming them; rank counts (``-n``, ``-np``, ``-c``) are always passed on.
 
 Example:
   sta_relion_aliases --o ~/sta-relion-bin && export PATH=~/sta-relion-bin:$PATH
@@ -40,7 +45,8 @@ log = logging.getLogger(__name__)
 
 PROG = "sta_relion_aliases"
 
-#: RELION program name -> module in sta.commands (written only when the module exists)
+#: RELION program name -> module in sta.commands (a "not implemented yet" script while the
+#: module does not exist)
 ALIASES = {
     "relion_tomo_subtomo": "subtomo",
     "relion_tomo_subtomo_mpi": "subtomo",
@@ -60,6 +66,9 @@ ALIASES = {
     "relion_tomo_reconstruct_tomogram_mpi": "reconstruct_tomogram",
     "relion_tomo_make_optimisation_set": "make_optimisation_set",
     "relion_align_symmetry": "align_symmetry",
+    "relion_image_handler": "image_handler",
+    "relion_reconstruct": "reconstruct",
+    "relion_reconstruct_mpi": "reconstruct",
 }
 
 #: sta modules that distribute their work over MPI ranks (sta_submit puts these under
@@ -87,11 +96,6 @@ def script_text(name, module, python):
             f"STA_ARGV0={shlex.quote(name)} PYTHONSAFEPATH=1 exec {shlex.quote(python)} -m sta.commands.{module} \"$@\"\n")
 
 
-def write_alias(directory, name, module, python):
-    """Write one executable alias atomically; return its path."""
-    return _write_script(os.path.join(directory, name), script_text(name, module, python))
-
-
 def find_launcher(python, directory):
     """Absolute path of the MPI launcher going with ``python`` (beside it, else on PATH outside
     ``directory``), or None."""
@@ -117,13 +121,22 @@ def is_hydra(launcher):
     return "HYDRA" in (res.stdout + res.stderr)
 
 
-def launcher_text(name, launcher):
-    """Wrapper that drops Open MPI's ``--oversubscribe`` and runs hydra."""
+def launcher_text(name, launcher, python):
+    """Wrapper that translates Open MPI options for hydra (:mod:`sta.parallel.launcher`)."""
     return (f"#!/bin/sh\n"
             f"# {name}: MPICH hydra for RELION pipelines (sta {__version__}), written by {PROG}.\n"
-            f"# Drops Open MPI's --oversubscribe, which hydra rejects and does not need.\n"
-            f"for a; do shift; case \"$a\" in --oversubscribe|-oversubscribe) ;; *) set -- \"$@\" \"$a\" ;; esac; done\n"
-            f"exec {shlex.quote(launcher)} \"$@\"\n")
+            f"# Translates Open MPI launcher options (-x, --bind-to, --map-by, ...) for hydra and\n"
+            f"# drops those without an equivalent (--oversubscribe, --mca, ...), naming them on stderr.\n"
+            f"PYTHONSAFEPATH=1 exec {shlex.quote(python)} -m sta.parallel.launcher {shlex.quote(launcher)} \"$@\"\n")
+
+
+def missing_text(name, module, python):
+    """The script of a RELION name whose sta tool does not exist yet (:mod:`sta.commands._missing`)."""
+    return (f"#!/bin/sh\n"
+            f"# {name}: sta_{module} is not implemented in sta {__version__} yet; written by {PROG}\n"
+            f"# so that a pipeline calling it gets a clear error and RELION_JOB_EXIT_FAILURE.\n"
+            f"PYTHONSAFEPATH=1 exec {shlex.quote(python)} -m sta.commands._missing {shlex.quote(name)} "
+            f"sta_{module} \"$@\"\n")
 
 
 def _write_script(path, text):
@@ -140,7 +153,7 @@ def create_launchers(directory, python):
     launcher = find_launcher(python, directory)
     if launcher is None or not is_hydra(launcher):
         return {}
-    return {name: _write_script(os.path.join(directory, name), launcher_text(name, launcher))
+    return {name: _write_script(os.path.join(directory, name), launcher_text(name, launcher, python))
             for name in ("mpirun", "mpiexec")}
 
 
@@ -153,7 +166,11 @@ def create_aliases(directory, python=None):
     if os.path.exists(directory) and not os.path.isdir(directory):
         raise InputError(f"--o {directory}: exists and is not a directory")
     os.makedirs(directory, exist_ok=True)
-    written = {name: write_alias(directory, name, mod, python) for name, mod in available_aliases().items()}
+    available = available_aliases()
+    written = {}
+    for name, mod in ALIASES.items():
+        text = script_text(name, mod, python) if name in available else missing_text(name, mod, python)
+        written[name] = _write_script(os.path.join(directory, name), text)
     written.update(create_launchers(directory, python))
     return written
 
@@ -173,17 +190,20 @@ def add_args(parser):
 def _body(args):
     if args.list:
         for name, mod in ALIASES.items():
-            state = "available" if module_available(mod) else "not yet available"
+            state = "available" if module_available(mod) else "not implemented yet"
             print(f"{name:40s} sta_{mod:24s} {state}")
         return
     if not args.o:
         raise InputError("--o DIR is required (the directory to write the aliases into)")
     written = create_aliases(args.o, args.python)
+    available = available_aliases()
     for name, path in written.items():
-        log.info(" Written: %s -> %s", path, f"sta_{ALIASES[name]}" if name in ALIASES else "MPICH hydra")
-    missing = sorted({n for n in ALIASES if n not in written})
+        log.info(" Written: %s -> %s", path, f"sta_{ALIASES[name]}" if name in available else
+                 "MPICH hydra (Open MPI options translated)" if name not in ALIASES else "not implemented yet")
+    missing = [n for n in ALIASES if n not in available]
     if missing:
-        log.info(" Not available yet in this version (not written): %s", ", ".join(missing))
+        log.info(" Not implemented in this version (they print one line, write RELION_JOB_EXIT_FAILURE "
+                 "under --pipeline_control and exit 1): %s", ", ".join(missing))
     log.info(" Put them first on PATH:  export PATH=%s:$PATH", shlex.quote(os.path.abspath(args.o)))
 
 

@@ -1,0 +1,54 @@
+"""What a RELION-named alias runs while its sta tool does not exist yet.
+
+``python -m sta.commands._missing RELION_NAME STA_TOOL [RELION's arguments...]`` prints one
+line saying that this version of sta does not implement the program, writes
+``RELION_JOB_EXIT_FAILURE`` into the ``--pipeline_control`` directory when one is given (so
+RELION's GUI, ccpem-pipeliner and Scipion see the job fail instead of waiting for it), and
+exits 1.  ``--version`` still answers with the version line.  Under ``mpirun`` only the
+first rank speaks and writes; every rank exits 1.
+"""
+
+import os
+import sys
+import time
+
+from sta import __version__
+from sta.commands import _cli
+
+
+def _control_dir(argv):
+    """The value of ``--pipeline_control DIR`` or ``--pipeline_control=DIR`` in ``argv``."""
+    for k, arg in enumerate(argv):
+        if arg == "--pipeline_control" and k + 1 < len(argv):
+            return argv[k + 1]
+        if arg.startswith("--pipeline_control="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if len(argv) < 2:
+        print("usage: python -m sta.commands._missing RELION_NAME STA_TOOL [arguments ...]", file=sys.stderr)
+        return 2
+    name, tool, rest = argv[0], argv[1], argv[2:]
+    if rest == ["--version"]:
+        print(f"RELION version: 5.0-compatible (sta {__version__})")
+        return 0
+    from sta.parallel.mpi import launched_rank
+
+    if launched_rank() > 0:
+        time.sleep(1.0)  # a failing rank makes the launcher kill the others: let rank 0 speak first
+        return 1
+    control = _control_dir(rest)
+    if control:
+        os.makedirs(control, exist_ok=True)
+        with open(_cli.pipeline_file(control, _cli.EXIT_FAILURE_FILE), "w"):
+            pass
+    print(f"ERROR: {name}: not implemented in sta {__version__} yet (it will be {tool}); "
+          "run this step with RELION's own program", file=sys.stderr)
+    return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
