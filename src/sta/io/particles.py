@@ -24,6 +24,7 @@ from sta.io.star import (
     write_star,
 )
 from sta.io.tomograms import TomogramSet
+from sta.io.validate import check_particle_set
 
 logger = logging.getLogger(__name__)
 
@@ -98,8 +99,10 @@ class ParticleSet:
         table = _particle_table(star, path)
         if len(table.df) == 0:
             raise InputError(f"{path}: table data_{table.name} has no particles")
-        return cls(table.df, optics, general, tomograms=tomograms, path=path,
-                   project_dir=project_dir)
+        particles = cls(table.df, optics, general, tomograms=tomograms, path=path,
+                        project_dir=project_dir)
+        check_particle_set(particles, tomograms)
+        return particles
 
     @classmethod
     def from_tables(cls, df, optics=None, general=None, tomograms=None, project_dir=None):

@@ -82,15 +82,16 @@ def read_half_maps(path1, path2):
     Raises
     ------
     InputError
-        Missing or unreadable file, NaN/inf values, maps of different sizes, not cubic.
+        Missing or unreadable file, NaN/inf values, maps of different sizes or header pixel
+        sizes, not cubic.
     """
     from sta.io.mrc import read_mrc
 
+    from sta.io.validate import check_half_maps
+
     h1, px = read_mrc(path1)
-    h2, _ = read_mrc(path2)
-    if h1.shape != h2.shape:
-        raise InputError(f"{path1} and {path2}: the half maps differ in size "
-                         f"({_xyz(h1.shape)} vs {_xyz(h2.shape)}); expected the same box")
+    h2, px2 = read_mrc(path2)
+    check_half_maps(path1, h1.shape, px, path2, h2.shape, px2)
     if h1.ndim != 3 or len(set(h1.shape)) != 1:
         raise InputError(f"{path1}: expected a cubic 3D map, got {_xyz(h1.shape)}")
     return h1, h2, px

@@ -30,6 +30,7 @@ import pandas as pd
 
 from sta.errors import FormatError, InputError
 from sta.io.image_name import image_file
+from sta.io.validate import check_tomogram_set
 from sta.io.star import (
     loop_table,
     parse_float_vector,
@@ -299,7 +300,9 @@ class TomogramSet:
             logger.info("%s has no rlnTomoTiltSeriesStarFile column: reading the RELION-4 "
                         "single-file layout", path)
             series = _read_single_file(path, star, gdf, project_dir)
-        return cls(series, list(gdf.columns), path=path, project_dir=project_dir)
+        tomograms = cls(series, list(gdf.columns), path=path, project_dir=project_dir)
+        check_tomogram_set(tomograms)
+        return tomograms
 
     @classmethod
     def from_tables(cls, global_df, tables, project_dir=None):
