@@ -8,8 +8,10 @@ timing summary at the end, and turning errors into one clear line and a non-zero
 """
 
 import argparse  # noqa: F401 (re-exported for command modules)
+import errno
 import logging
 import os
+import re
 import shlex
 import sys
 import time
@@ -26,8 +28,23 @@ EXIT_ABORTED_FILE = "RELION_JOB_EXIT_ABORTED"
 ABORT_NOW_FILE = "RELION_JOB_ABORT_NOW"
 
 
+#: option values that are numbers, not options: argparse's own pattern (``-1``, ``-.5``,
+#: ``-1.5``) plus exponent forms (``-1e9``, ``-1.5E-3``, ``-.5e2``), so ``--minval -1e9`` parses
+NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
+
+#: errno values that can only come from writing
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC)}
+
+
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
     pass
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with RELION-style one-line errors: ``ERROR: <prog>: <what> (see --help)``."""
+
+    def error(self, message):
+        self.exit(2, f"ERROR: {self.prog}: {message} (see {self.prog} --help)\n")
 
 
 def make_parser(prog, doc):
@@ -35,8 +52,10 @@ def make_parser(prog, doc):
 
     ``doc`` (the command module's docstring) is the ``--help`` description.
     """
-    parser = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=_HelpFormatter,
-                                     allow_abbrev=False)
+    parser = _Parser(prog=prog, description=doc, formatter_class=_HelpFormatter, allow_abbrev=False)
+    # argparse (3.10-3.13) reads this private attribute when it classifies a token starting
+    # with "-"; without it "--minval -1e9" fails with "expected one argument"
+    parser._negative_number_matcher = NEGATIVE_NUMBER
     common = parser.add_argument_group("Common")
     common.add_argument("--verbose", action="store_true", help="show tracebacks and debug messages")
     common.add_argument("--version", action="version",
@@ -106,11 +125,55 @@ def program_name(prog):
 
 
 def write_note(directory, argv, prog="sta"):
-    """``note.txt`` as RELION's tomo programs write it (not under pipeline control)."""
-    os.makedirs(directory, exist_ok=True)
+    """``note.txt`` as RELION's tomo programs write it (not under pipeline control).
+
+    Written when the run succeeded (RELION writes it at the start), so that a failed run
+    leaves the previous run's ``note.txt`` as it was.
+    """
+    from sta.io.atomic import write_text_atomic
+
     cmd = " ".join(shlex.quote(a) for a in [program_name(prog)] + list(argv))
-    with open(os.path.join(directory, "note.txt"), "w") as fh:
-        fh.write(f"Command:\n\n{cmd} \n")
+    write_text_atomic(os.path.join(directory, "note.txt"), f"Command:\n\n{cmd} \n")
+
+
+def pipeline_control_in(argv):
+    """The ``--pipeline_control`` directory named in ``argv`` (last one wins), or None.
+
+    Used when ``argv`` does not parse, to still write ``RELION_JOB_EXIT_FAILURE``.
+    """
+    found = None
+    argv = list(argv)
+    for k, tok in enumerate(argv):
+        if tok == "--":
+            break
+        if tok == "--pipeline_control" and k + 1 < len(argv):
+            found = argv[k + 1]
+        elif tok.startswith("--pipeline_control="):
+            found = tok.split("=", 1)[1]
+    return found or None
+
+
+def os_error_message(exc, prog):
+    """One line for an ``OSError``: the file (``exc.filename``) and the reason."""
+    def text(name):  # a path, bytes or (rarely) a file descriptor
+        return os.fsdecode(name) if isinstance(name, (str, bytes, os.PathLike)) else str(name)
+
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    name, target = exc.filename, getattr(exc, "sta_output", None)
+    if target is not None:  # raised while sta.io.atomic wrote target
+        if name is not None and text(name) != target:
+            return f"cannot write {target}: {text(name)}: {reason}"
+        return f"cannot write {target}: {reason}"
+    if name is None:
+        return f"{prog} failed: {reason} (run with --verbose for the traceback)"
+    name = text(name)
+    if exc.errno in _WRITE_ERRNOS:
+        return f"cannot write {name}: {reason}"
+    if isinstance(exc, FileExistsError):
+        return f"cannot create {name}: {reason}"
+    if exc.filename2 is not None:
+        return f"{name} -> {text(exc.filename2)}: {reason}"
+    return f"{name}: {reason}"
 
 
 def check_abort(control_dir):
@@ -165,8 +228,8 @@ def run(prog, parser, body, argv=None, note_dir=None, comm=None):
     body : callable
         ``body(args)``; raises :class:`~sta.errors.StaError` on bad input.
     note_dir : callable or None
-        ``note_dir(args)`` gives the directory for ``note.txt`` (skipped under
-        ``--pipeline_control``, as RELION does).
+        ``note_dir(args)`` gives the directory for ``note.txt``, written when ``body``
+        succeeded (skipped under ``--pipeline_control``, as RELION does).
     comm : communicator or None
         MPI world (from :func:`sta.parallel.mpi.world`); only rank 0 logs parameters and
         writes job files.  An error on any rank of a multi-rank job prints one line naming
@@ -185,21 +248,28 @@ def run(prog, parser, body, argv=None, note_dir=None, comm=None):
     argv = list(argv)
     try:
         args = parser.parse_args(argv)
-    except SystemExit as exc:  # argparse already printed a one-line usage error
-        return int(exc.code or 0)
+    except SystemExit as exc:  # argparse already printed its one-line error
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+        control = pipeline_control_in(argv)
+        if code != 0 and control and is_leader:  # not --help / --version
+            try:
+                _touch(pipeline_file(control, EXIT_FAILURE_FILE))
+            except OSError as err:
+                print(f"ERROR: {os_error_message(err, prog)}", file=sys.stderr)
+        return code
     configure_logging(args.verbose, quiet=not is_leader)
     control = args.pipeline_control
     start = time.time()
     code, message = 0, ""
-    monitor = RankMonitor(comm, prog)
+    monitor = RankMonitor(comm, prog, control)
     try:
         if is_leader:
             log_parameters(prog, args)
-            if control is None and note_dir is not None:
-                directory = note_dir(args)
-                if directory:
-                    write_note(directory, argv, prog)
         body(args)
+        if is_leader and control is None and note_dir is not None:
+            directory = note_dir(args)
+            if directory:
+                write_note(directory, argv, prog)
     except AbortRequested as exc:
         code, message = 2, f" exiting with an abort ... ({exc})"
     except StaError as exc:
@@ -208,6 +278,10 @@ def run(prog, parser, body, argv=None, note_dir=None, comm=None):
         code, message = 1, f"ERROR: {exc}"
     except KeyboardInterrupt:
         code, message = 130, "ERROR: interrupted"
+    except OSError as exc:  # disk full, read-only directory, an --o that is a file, ...
+        if args.verbose:
+            traceback.print_exc()
+        code, message = 1, f"ERROR: {os_error_message(exc, prog)}"
     except MemoryError:
         if args.verbose:
             traceback.print_exc()

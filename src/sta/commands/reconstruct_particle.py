@@ -3,7 +3,8 @@
 Fourier-space back-projection of CTF-weighted tilt images of every particle into two
 half-set sums (``rlnRandomSubset``), then symmetrisation, gridding and CTF correction.
 Writes ``half1.mrc``, ``half2.mrc``, ``merged.mrc`` (+ ``*_full.mrc`` with ``--crop``),
-``data_*.mrc`` and ``weight_*.mrc`` into ``--o``.  Under ``mpirun`` the particles are split
+``data_*.mrc`` and ``weight_*.mrc`` into ``--o``, and ``optimisation_set.star`` with the half
+maps as references (the output node RELION 5's GUI declares).  Under ``mpirun`` the particles are split
 into batches handed out dynamically to all ranks; rank 0 writes the outputs.
 
 Example:
@@ -68,18 +69,22 @@ def _body(args, comm):
     parse_symmetry(args.sym)  # validate early, on every rank
     if args.crop > args.b:
         raise InputError(f"--crop {args.crop} is larger than the box --b {args.b}")
+    if os.path.exists(args.o) and not os.path.isdir(args.o):
+        raise InputError(f"--o {args.o}: exists and is not a directory")
     params = wf.ReconstructParams(box=args.b, crop=args.crop, binning=args.bin, symmetry=args.sym, snr=args.SNR,
                                   taper=args.taper, do_ctf=not args.no_ctf, circle_crop=not args.no_circle_crop,
                                   cutoff_fract=args.cutoff_fract)
     set_fft_threads(args.j_in)
     t0 = time.time()
-    _, tomograms, particles, trajectories = load_inputs(args)
+    opt, tomograms, particles, trajectories = load_inputs(args)
     has_halves = "rlnRandomSubset" in particles.df.columns
     if not has_halves and comm.Get_rank() == 0:
         log.warning("WARNING: %s has no rlnRandomSubset: all particles go into one half (only merged.mrc "
                     "is written)", particles.path)
     if args.only_do_unfinished and all(os.path.exists(p) for p in _outputs(args, has_halves)):
         log.info(" --only_do_unfinished: the outputs already exist in %s, nothing to do", args.o)
+        if comm.Get_rank() == 0 and not os.path.exists(os.path.join(args.o, "optimisation_set.star")):
+            _write_optimisation_set(args, opt, has_halves)
         return
     j_out = _threads_within_memory(args)
     t_read = time.time() - t0
@@ -90,6 +95,7 @@ def _body(args, comm):
     set_fft_threads(args.j)
     rec = wf.finalise(sums, params, has_halves)
     _write(args, rec, params.binning * tomograms[particles.tomo_name(0)].pixel_size)
+    _write_optimisation_set(args, opt, has_halves)
     log.info(" Timing: reading %.2f s, back-projection %.2f s, reconstruction and writing %.2f s",
              t_read, t_bp, time.time() - t0 - t_read - t_bp)
 
@@ -149,6 +155,20 @@ def _write(args, rec, pixel_size):
     for tag, vol in rec.maps.items():
         write_mrc(os.path.join(args.o, f"{tag}.mrc"), vol, pixel_size)
     log.info(" Wrote %s to %s", ", ".join(f"{t}.mrc" for t in rec.maps), args.o)
+
+
+def _write_optimisation_set(args, opt, has_halves):
+    """``<o>/optimisation_set.star``: the input particle, tomogram and trajectory sets with
+    ``half1.mrc``/``half2.mrc`` as ``rlnTomoReferenceMap1/2File`` (RELION 5's GUI declares
+    this output node; the program itself writes none, spec §5)."""
+    if has_halves:
+        opt.ref1, opt.ref2 = os.path.join(args.o, "half1.mrc"), os.path.join(args.o, "half2.mrc")
+    else:
+        opt.ref1 = opt.ref2 = None
+    opt.fsc = None  # an FSC of earlier maps does not describe these
+    path = os.path.join(args.o, "optimisation_set.star")
+    opt.write(path, only_tomo_files=False)
+    log.info(" Wrote %s", path)
 
 
 def main(argv=None):

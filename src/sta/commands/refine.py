@@ -149,6 +149,8 @@ def _check_flags(args):
         raise InputError("sta_refine implements 3D auto-refine only: give --auto_refine --split_random_halves")
     if args.K != 1:
         raise InputError(f"--K {args.K}: only one reference (K = 1) is supported")
+    if args.iter == 0:  # RELION's auto-refine ignores --iter; here it caps the iterations
+        raise InputError("--iter 0: give the maximum number of iterations (> 0), or -1 to run until convergence")
     if args.pad != 2:
         raise InputError(f"--pad {args.pad}: only padding 2 is supported")
     if args.oversampling not in (0, 1):
