@@ -259,3 +259,19 @@ def test_missing_tool_under_mpirun(alias_dir, tmp_path):
                           "--pipeline_control", f"{job}/"], capture_output=True, text=True, timeout=60)
     assert res.returncode != 0 and (job / "RELION_JOB_EXIT_FAILURE").exists()
     assert res.stderr.count("not implemented") == 1, res.stderr
+
+
+def test_missing_tool_runs_relion_when_it_is_on_path(alias_dir, tmp_path):
+    """With RELION's bin after the alias directory, a name sta lacks runs RELION's program."""
+    missing = [n for n, mod in relion_aliases.ALIASES.items() if not relion_aliases.module_available(mod)]
+    if not missing:
+        pytest.skip("every RELION name is implemented")
+    relion_bin = tmp_path / "relion" / "bin"
+    relion_bin.mkdir(parents=True)
+    fake = relion_bin / missing[0]
+    fake.write_text('#!/bin/sh\necho "RELION ran with: $*"\n')
+    fake.chmod(0o755)
+    env = dict(os.environ, PATH=f"{alias_dir}{os.pathsep}{relion_bin}{os.pathsep}{os.environ['PATH']}")
+    res = subprocess.run([missing[0], "--i", "a b.star"], capture_output=True, text=True, timeout=60, env=env)
+    assert res.returncode == 0 and res.stdout.strip() == "RELION ran with: --i a b.star", res.stderr
+    assert res.stderr.count("not implemented in sta") == 1 and str(fake) in res.stderr

@@ -7,9 +7,11 @@ passed on unchanged, so a RELION GUI, ccpem-pipeliner, py2rely, Scipion's relion
 or a queue template that calls ``mpirun -n 5 relion_tomo_reconstruct_particle_mpi --t ...``
 runs sta once the directory is first on PATH.  ``_mpi`` names run the same module as the
 plain names (every sta tool works with and without mpirun).  Every RELION name a client
-may call is written: a name whose sta tool does not exist yet in this version (see --list)
-prints one line saying so, writes RELION_JOB_EXIT_FAILURE under --pipeline_control and
-exits 1, so the pipeline sees the step fail instead of a launcher's "No such file".
+may call is written.  A name whose sta tool does not exist yet in this version (see --list)
+runs RELION's own program of that name when one is found later on PATH (keep RELION's bin
+after this directory to mix the two); without one it prints one line saying so, writes
+RELION_JOB_EXIT_FAILURE under --pipeline_control and exits 1, so the pipeline sees the step
+fail instead of a launcher's "No such file".
 Every alias answers ``--version`` with ``RELION version: 5.0-compatible (sta X.Y.Z)``; the
 available ones answer ``--help`` with the sta tool's help.  The scripts call the Python
 interpreter by its absolute path (--python, default: the interpreter running this
