@@ -10,6 +10,7 @@ timing summary at the end, and turning errors into one clear line and a non-zero
 import argparse  # noqa: F401 (re-exported for command modules)
 import errno
 import logging
+import math
 import os
 import re
 import shlex
@@ -53,6 +54,7 @@ def make_parser(prog, doc):
     ``doc`` (the command module's docstring) is the ``--help`` description.
     """
     parser = _Parser(prog=prog, description=doc, formatter_class=_HelpFormatter, allow_abbrev=False)
+    parser.register("type", float, finite_float)  # every type=float option refuses nan and inf
     # argparse (3.10-3.13) reads this private attribute when it classifies a token starting
     # with "-"; without it "--minval -1e9" fails with "expected one argument"
     parser._negative_number_matcher = NEGATIVE_NUMBER
@@ -72,6 +74,25 @@ def existing_file(value):
     if not os.path.exists(value):
         raise argparse.ArgumentTypeError(f"file not found: {value}")
     return value
+
+
+def finite_float(value):
+    """argparse type of every ``type=float`` option: a finite number (not nan, not inf)."""
+    try:
+        v = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {value!r}") from None
+    if not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {value!r}")
+    return v
+
+
+def even_box(value):
+    """argparse type: an even integer > 0 (a box size; odd boxes are not supported)."""
+    v = positive_int(value)
+    if v % 2:
+        raise argparse.ArgumentTypeError(f"expected an even box size, got {value!r} (odd boxes are not supported)")
+    return v
 
 
 def positive_int(value):

@@ -87,6 +87,9 @@ def build_refinement(args, comm, argv, resume=None):
         raise InputError(f"{particles_file}: all optics groups must share one rlnImageSize and rlnImagePixelSize "
                          f"(found {sorted(boxes)}, {sorted(pixel_sizes)})")
     box, px = boxes.pop(), pixel_sizes.pop()
+    if box % 2:
+        raise InputError(f"{particles_file}: table optics rlnImageSize {box}: odd boxes are not supported "
+                         "(extract the particles with an even --b)")
     refs = _references(args, box, px) if resume is None else None
     seed = args.random_seed
     if seed < 0:

@@ -19,6 +19,7 @@ import time
 from sta.commands import _cli
 from sta.commands._tomo_inputs import add_input_args, load_inputs
 from sta.errors import InputError
+from sta.io.atomic import output_set, remove_stale
 
 log = logging.getLogger("sta.reconstruct_particle")
 PROG = "sta_reconstruct_particle"
@@ -27,7 +28,7 @@ PROG = "sta_reconstruct_particle"
 def add_args(parser):
     add_input_args(parser)
     g = parser.add_argument_group("Reconstruction options")
-    g.add_argument("--b", type=_cli.positive_int, required=True, help="box size (binned pixels)")
+    g.add_argument("--b", type=_cli.even_box, required=True, help="box size (binned pixels)")
     g.add_argument("--o", required=True, help="output directory")
     g.add_argument("--crop", type=int, default=-1, help="size of the (additionally written) cropped map")
     g.add_argument("--whiten", action="store_true", help="whiten the noise (not implemented: refused)")
@@ -69,6 +70,8 @@ def _body(args, comm):
     parse_symmetry(args.sym)  # validate early, on every rank
     if args.crop > args.b:
         raise InputError(f"--crop {args.crop} is larger than the box --b {args.b}")
+    if args.crop > 0 and args.crop % 2:
+        raise InputError(f"--crop {args.crop}: expected an even size (odd boxes are not supported)")
     if os.path.exists(args.o) and not os.path.isdir(args.o):
         raise InputError(f"--o {args.o}: exists and is not a directory")
     params = wf.ReconstructParams(box=args.b, crop=args.crop, binning=args.bin, symmetry=args.sym, snr=args.SNR,
@@ -77,6 +80,8 @@ def _body(args, comm):
     set_fft_threads(args.j_in)
     t0 = time.time()
     opt, tomograms, particles, trajectories = load_inputs(args)
+    if comm.Get_rank() == 0:
+        remove_stale(args.o)  # temporary files of a killed earlier run
     has_halves = "rlnRandomSubset" in particles.df.columns
     if not has_halves and comm.Get_rank() == 0:
         log.warning("WARNING: %s has no rlnRandomSubset: all particles go into one half (only merged.mrc "
@@ -94,8 +99,9 @@ def _body(args, comm):
         return
     set_fft_threads(args.j)
     rec = wf.finalise(sums, params, has_halves)
-    _write(args, rec, params.binning * tomograms[particles.tomo_name(0)].pixel_size)
-    _write_optimisation_set(args, opt, has_halves)
+    with output_set(last=[os.path.join(args.o, "optimisation_set.star")]):  # all maps together, or none
+        _write(args, rec, params.binning * tomograms[particles.tomo_name(0)].pixel_size)
+        _write_optimisation_set(args, opt, has_halves)
     log.info(" Timing: reading %.2f s, back-projection %.2f s, reconstruction and writing %.2f s",
              t_read, t_bp, time.time() - t0 - t_read - t_bp)
 

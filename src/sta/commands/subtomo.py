@@ -20,6 +20,7 @@ import time
 from sta.commands import _cli
 from sta.commands._tomo_inputs import add_input_args, load_inputs
 from sta.errors import InputError
+from sta.io.atomic import output_set, remove_stale
 
 log = logging.getLogger("sta.subtomo")
 PROG = "sta_subtomo"
@@ -42,7 +43,7 @@ _REFUSED = {
 def add_args(parser):
     add_input_args(parser)
     g = parser.add_argument_group("Reconstruction options")
-    g.add_argument("--b", type=_cli.positive_int, required=True, help="binned projection box size (pixels)")
+    g.add_argument("--b", type=_cli.even_box, required=True, help="binned projection box size (pixels)")
     g.add_argument("--o", required=True, help="output directory")
     g.add_argument("--crop", type=int, default=-1, help="output box size (binned pixels; <0: = --b)")
     g.add_argument("--bin", type=_cli.positive_float, default=1.0, help="binning factor")
@@ -123,12 +124,22 @@ def _body(args, comm):
                         "images", plan.removed)
         for tomo in sorted(set(plan.tomo.values())):
             os.makedirs(os.path.dirname(plan.roots[plan.by_tomogram()[tomo][0]]), exist_ok=True)
+        remove_stale(out_dir, recursive=True)  # temporary files of a killed earlier run
     t_plan = time.time() - t0
-    counts = _extract(args, comm, tomograms, particles, trajectories, plan, params)
-    t_extract = time.time() - t0 - t_plan
+    # new stacks stay under temporary names until every rank has written its own and the leader
+    # the STAR files: a failed run leaves the previous run's outputs as they were
+    with output_set(commit=False) as stage:
+        counts = _extract(args, comm, tomograms, particles, trajectories, plan, params)
+        t_extract = time.time() - t0 - t_plan
+        if is_leader:
+            _write_star_files(opt, particles, tomograms, trajectories, plan, params, out_dir)
+        comm.Barrier()  # everything is written (under temporary names) on every rank
+    if not is_leader:
+        stage.commit()
+    comm.Barrier()
     if not is_leader:
         return
-    _write_star_files(opt, particles, tomograms, trajectories, plan, params, out_dir)
+    stage.commit(last=[out_dir + name for name in ("motion.star", "particles.star", "optimisation_set.star")])
     log.info(" Timing: reading and planning %.2f s, extraction %.2f s (%d written, %d skipped as finished), "
              "STAR files %.2f s", t_plan, t_extract, counts[0], counts[1], time.time() - t0 - t_plan - t_extract)
 

@@ -1,16 +1,24 @@
 """Write outputs under a temporary name and rename them into place.
 
 A crashed or killed run therefore never leaves a half-written file under a final name.
+Inside :func:`output_set` the renames wait until the whole set is written, so the files of
+one iteration or one job appear together or not at all; :func:`remove_stale` clears the
+temporary files a killed run left behind.
 Outputs get the permissions of a plain ``open(path, "w")``: ``0o666`` less the user's umask.
 """
 
 import contextlib
 import os
+import re
 import tempfile
 import threading
 
 _UMASK_LOCK = threading.Lock()
 _FALLBACK_UMASK = []
+_ACTIVE = [None]  # the OutputSet collecting this process's writes (all threads), or None
+
+#: temporary names made by atomic_path: ``.<stem>.<8 random characters>.part[<ext>]``
+TEMPORARY_NAME = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.part(\.[^./]+)?$")
 
 
 def current_umask():
@@ -71,7 +79,11 @@ def atomic_path(path):
         with contextlib.suppress(OSError):  # a file system without modes keeps mkstemp's 0600
             os.chmod(tmp, 0o666 & ~current_umask())
         yield tmp
-        os.replace(tmp, path)
+        stage = _ACTIVE[0]
+        if stage is not None:
+            stage.add(tmp, path)
+        else:
+            os.replace(tmp, path)
     except BaseException as exc:
         with contextlib.suppress(OSError):
             os.remove(tmp)
@@ -85,3 +97,99 @@ def write_text_atomic(path, text):
     with atomic_path(path) as tmp:
         with open(tmp, "w") as fh:
             fh.write(text)
+
+
+class OutputSet:
+    """Files written through :func:`atomic_path` while the set is open, kept under their
+    temporary names until :meth:`commit` renames them all (or :meth:`discard` removes them)."""
+
+    def __init__(self):
+        self._pending = {}  # final path -> temporary path, in writing order
+        self._lock = threading.Lock()
+
+    def add(self, tmp, path):
+        with self._lock:
+            old = self._pending.pop(path, None)
+            self._pending[path] = tmp
+        if old is not None:
+            with contextlib.suppress(OSError):
+                os.remove(old)
+
+    @property
+    def paths(self):
+        """Final paths written so far, in writing order."""
+        with self._lock:
+            return list(self._pending)
+
+    def commit(self, last=()):
+        """Rename every file into place, those in ``last`` (final paths) at the end, in that order."""
+        last = [os.fspath(p) for p in last]
+        with self._lock:
+            items = list(self._pending.items())
+            self._pending.clear()
+        order = [it for it in items if it[0] not in last]
+        order += sorted((it for it in items if it[0] in last), key=lambda it: last.index(it[0]))
+        for path, tmp in order:
+            try:
+                os.replace(tmp, path)
+            except OSError as exc:
+                _name_output(exc, path, tmp)
+                raise
+
+    def discard(self):
+        """Remove every temporary file of the set."""
+        with self._lock:
+            items = list(self._pending.values())
+            self._pending.clear()
+        for tmp in items:
+            with contextlib.suppress(OSError):
+                os.remove(tmp)
+
+
+@contextlib.contextmanager
+def output_set(commit=True, last=()):
+    """Collect this process's :func:`atomic_path` writes (from any thread) into one set.
+
+    With ``commit`` the files are renamed into place when the block ends without an error
+    (``last``: final paths renamed at the end, e.g. an optimiser file after the maps it
+    names); without it the caller calls ``commit()`` on the yielded :class:`OutputSet`
+    (e.g. after the other MPI ranks' files are written too).  On an exception the temporary
+    files are removed.  Sets do not nest: an inner block joins the open set.
+    """
+    if _ACTIVE[0] is not None:
+        yield _ACTIVE[0]
+        return
+    stage = OutputSet()
+    _ACTIVE[0] = stage
+    try:
+        yield stage
+    except BaseException:
+        _ACTIVE[0] = None
+        stage.discard()
+        raise
+    _ACTIVE[0] = None
+    if commit:
+        try:
+            stage.commit(last)
+        except BaseException:
+            stage.discard()
+            raise
+
+
+def remove_stale(directory, recursive=False):
+    """Remove temporary files that a killed run left in ``directory`` (returns their count).
+
+    Only names :func:`atomic_path` makes are touched (``.<stem>.<random>.part[<ext>]``).
+    """
+    directory = os.fspath(directory)
+    if not os.path.isdir(directory):
+        return 0
+    removed = 0
+    walker = os.walk(directory) if recursive else [(directory, [], os.listdir(directory))]
+    for root, _, files in walker:
+        for name in files:
+            if TEMPORARY_NAME.match(name):
+                with contextlib.suppress(OSError):
+                    os.remove(os.path.join(root, name))
+                    removed += 1
+    return removed

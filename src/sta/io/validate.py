@@ -54,8 +54,15 @@ def _numbers(values, where, label):
             try:
                 float(v)
             except (TypeError, ValueError):
-                raise InputError(f"{where} row {row} column {label}: {v!r} is not a number") from None
+                raise InputError(f"{where} row {row} column {label}: {_shown(v)} is not a number") from None
         raise
+
+
+def _shown(value):
+    """A value as a person wrote it: ``0``, ``nan``, ``'abc'`` (not ``np.float64(0.0)``)."""
+    if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool):
+        return f"{float(value):g}"
+    return repr(value)
 
 
 def check_finite(df, labels, where):
@@ -67,7 +74,7 @@ def check_finite(df, labels, where):
         bad = np.flatnonzero(~np.isfinite(values))
         if bad.size:
             row = int(bad[0])
-            raise InputError(f"{where} row {row + 1} column {label}: {df[label].iloc[row]!r} "
+            raise InputError(f"{where} row {row + 1} column {label}: {_shown(df[label].iloc[row])} "
                              "(expected a finite number)")
 
 
@@ -81,7 +88,7 @@ def check_positive(df, labels, where):
         bad = np.flatnonzero(~(values > 0))
         if bad.size:
             row = int(bad[0])
-            raise InputError(f"{where} row {row + 1} column {label}: {df[label].iloc[row]!r} "
+            raise InputError(f"{where} row {row + 1} column {label}: {_shown(df[label].iloc[row])} "
                              "(expected a number > 0)")
 
 

@@ -14,6 +14,7 @@ import concurrent.futures
 import os
 import signal
 import threading
+import time
 
 import numpy as np
 
@@ -92,6 +93,7 @@ def run_batches(comm, batches, process, make_state, n_threads=1, label="Particle
 
     def worker():
         state = make_state()
+        fault_injection(comm, "start")
         while not errors:
             i = take()
             if i >= len(batches):
@@ -99,10 +101,11 @@ def run_batches(comm, batches, process, make_state, n_threads=1, label="Particle
             if check_abort is not None:
                 check_abort()
             process(state, batches[i])
-            fault_injection(comm)
+            fault_injection(comm, "batch")
             if is_leader:
                 with lock:
                     progress.update(starts[min(i + 1, len(batches))])
+        fault_injection(comm, "end")
         return state
 
     if comm.Get_size() > 1 and comm.Get_rank() == 0:
@@ -134,9 +137,20 @@ def run_batches(comm, batches, process, make_state, n_threads=1, label="Particle
     return states
 
 
-def fault_injection(comm):
-    """Test hook: ``STA_TEST_KILL_RANK=r`` makes rank r die (SIGKILL) after its first batch,
-    to check that a dead follower takes the job down instead of hanging it."""
+def fault_injection(comm, point="batch"):
+    """Test hook: ``STA_TEST_KILL_RANK=r`` makes rank r die (SIGKILL) at ``point``, to check
+    that a dead follower takes the job down instead of hanging it or leaving mixed outputs.
+
+    ``STA_TEST_KILL_AT`` picks the point (default ``batch``: after the rank's first batch;
+    ``start``: before its first batch; ``end``: after its last batch, before the results
+    are summed; ``model``: sta_refine, while the leader computes and writes the iteration).
+    ``STA_TEST_KILL_STAMP=FILE`` records the time of the kill (seconds since the epoch).
+    """
     target = os.environ.get("STA_TEST_KILL_RANK")
-    if target is not None and target == str(comm.Get_rank()):
-        os.kill(os.getpid(), signal.SIGKILL)
+    if target is None or target != str(comm.Get_rank()) or os.environ.get("STA_TEST_KILL_AT", "batch") != point:
+        return
+    stamp = os.environ.get("STA_TEST_KILL_STAMP")
+    if stamp:
+        with open(stamp, "w") as fh:
+            fh.write(f"{time.time():.6f}\n")
+    os.kill(os.getpid(), signal.SIGKILL)

@@ -55,13 +55,18 @@ def launched_by_mpi():
     return any(v in os.environ for v in _LAUNCH_VARS)
 
 
-def polite_recv(comm, source, tag, interval=0.005):
+def polite_recv(comm, source, tag, interval=0.005, check=None, check_every=0.5):
     """Blocking receive that sleeps between probes instead of spinning (the leader must not
-    take a core from the followers while it waits)."""
+    take a core from the followers while it waits).  ``check()`` (e.g. the pipeline's abort
+    flag) is called every ``check_every`` seconds while waiting; what it raises propagates."""
     import time
 
+    last = time.monotonic()
     while not comm.Iprobe(source=source, tag=tag):
         time.sleep(interval)
+        if check is not None and time.monotonic() - last >= check_every:
+            check()
+            last = time.monotonic()
     return comm.recv(source=source, tag=tag)
 
 
@@ -195,11 +200,21 @@ if 0 in ready:
     if data.startswith(b"done"):
         sys.exit(0)
 dead = sorted(fds[fd] for fd in ready if fd in fds)
+control = {control!r}
 if dead:
     rank = dead[0]
-    sys.stderr.write("ERROR: {prog}: MPI rank %d (pid %d on %s) ended before the job finished (killed or "
-                     "crashed); the whole job is stopped\n" % (rank, pids[rank], names[rank]))
-    sys.stderr.flush()
+    ended = [os.path.join(control, f) for f in ("RELION_JOB_EXIT_SUCCESS", "RELION_JOB_EXIT_FAILURE",
+                                                "RELION_JOB_EXIT_ABORTED")] if control else []
+    if not any(os.path.exists(f) for f in ended):  # a rank that raised has already said why
+        sys.stderr.write("ERROR: {prog}: MPI rank %d (pid %d on %s) ended before the job finished (killed or "
+                         "crashed); the whole job is stopped\n" % (rank, pids[rank], names[rank]))
+        sys.stderr.flush()
+        if control:
+            try:
+                os.makedirs(control, exist_ok=True)
+                open(ended[1], "w").close()
+            except OSError as err:
+                sys.stderr.write("ERROR: {prog}: cannot write %s: %s\n" % (ended[1], err.strerror))
 """
 
 
@@ -208,10 +223,13 @@ class RankMonitor:
 
     The watcher (outside the MPI job, so the launcher's clean-up does not kill it) waits on
     the pidfds of the ranks of its node and, if one ends before the job said it finished,
-    prints one line naming that rank.  :meth:`finish` tells it the job ended normally.
+    prints one line naming that rank and, with a pipeline-control directory
+    (``--pipeline_control``), writes ``RELION_JOB_EXIT_FAILURE`` there, so RELION's GUI and
+    pipeliners see a killed job as failed (unless a rank already wrote an exit file).
+    :meth:`finish` tells it the job ended normally.
     """
 
-    def __init__(self, comm, prog):
+    def __init__(self, comm, prog, control_dir=None):
         self.proc = None
         self.comm = comm
         if comm.Get_size() == 1 or not hasattr(os, "pidfd_open"):
@@ -223,7 +241,8 @@ class RankMonitor:
             return
         pids = {r: info[r][1] for r in local}
         names = {r: host for r in local}
-        code = _MONITOR_CODE.format(names=names, pids=pids, prog=prog)
+        control = os.path.abspath(control_dir) if control_dir else None
+        code = _MONITOR_CODE.format(names=names, pids=pids, prog=prog, control=control)
         try:
             self.proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
                                          start_new_session=True)

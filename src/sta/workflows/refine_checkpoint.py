@@ -11,10 +11,12 @@ so a continued run reproduces the uninterrupted one exactly.
 import dataclasses
 import json
 import os
+import zipfile
 
 import numpy as np
 
 from sta.errors import InputError
+from sta.io.atomic import atomic_path
 
 _POSE_FIELDS = ("angles", "offsets", "prior_offsets", "half", "pmax", "nsig", "logl", "spread", "acc_rot",
                 "acc_trans")
@@ -44,7 +46,8 @@ def state_path(optimiser_star):
 
 
 def save(run, path, argv):
-    """Write the state of ``run`` (leader, after the M-step) to ``path`` (temporary name, then rename)."""
+    """Write the state of ``run`` (leader, after the M-step) to ``path`` (temporary name, then rename
+    with the rest of the iteration's files)."""
     arrays = {f"pose_{k}": getattr(run.state, k) for k in _POSE_FIELDS}
     arrays["fsc"] = run.fsc
     meta = {"version": VERSION, "argv": list(argv), "iteration": run.iteration, "final": run.final,
@@ -60,9 +63,8 @@ def save(run, path, argv):
             arrays[f"h{h}_pdf"] = np.asarray(m.pdf_direction)
         meta["halves"].append({"sigma2_offset": m.sigma2_offset, "scales": m.scales})
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
-    tmp = path + ".tmp.npz"
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        np.savez(tmp, **arrays)
 
 
 def load(optimiser_star):
@@ -77,7 +79,7 @@ def load(optimiser_star):
         with np.load(path) as z:
             arrays = {k: z[k] for k in z.files}
         meta = json.loads(arrays.pop("meta").tobytes().decode())
-    except (OSError, ValueError, KeyError) as exc:
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
         raise InputError(f"{path}: unreadable sta_refine state ({exc})") from None
     if meta.get("version") != VERSION:
         raise InputError(f"{path}: state version {meta.get('version')} is not {VERSION}")

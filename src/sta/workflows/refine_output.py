@@ -6,6 +6,7 @@ import os
 import numpy as np
 import pandas as pd
 
+from sta.io.atomic import output_set, remove_stale
 from sta.io.mrc import write_mrc
 from sta.io.optimisation_set import OptimisationSet
 from sta.io.particles import ParticleSet
@@ -24,12 +25,19 @@ class RefineWriter:
         self.command_line = command_line
         self.ios = ios
         os.makedirs(os.path.dirname(root) or ".", exist_ok=True)
+        remove_stale(os.path.dirname(root) or ".")  # temporary files of a killed earlier run
 
     def prefix(self, run):
         return self.root if run.final else f"{self.root}_it{run.iteration:03d}"
 
     def __call__(self, run):
+        """Write the iteration's (or the final) files as one set: they appear together, the
+        optimiser file last, or not at all (:func:`sta.io.atomic.output_set`)."""
         pre = self.prefix(run)
+        with output_set(last=[f"{pre}_optimiser.star"]):
+            self._write_all(run, pre)
+
+    def _write_all(self, run, pre):
         px = run.px
         if run.final:
             write_mrc(f"{pre}_class001.mrc", run.final_map, px)

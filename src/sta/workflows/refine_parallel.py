@@ -47,6 +47,8 @@ def _serial(run):
 
         def tick(k, base=done[0]):
             progress.update(base + k)
+            if run.check_abort is not None:  # the pipeline's abort flag, after every particle
+                run.check_abort()
 
         results = run.expect_particles(h, idx, sums, tick)
         done[0] += len(idx)
@@ -76,12 +78,14 @@ def _mpi(run):
             batches = make_batches({"half": idx}, sub.Get_size(), min_size=1, max_size=8)
             counter = DynamicCounter(sub)
             sums = run.new_sums(h)
+            fault_injection(comm, "start")
             while True:
                 b = counter.next()
                 if b >= len(batches):
                     break
                 results.update(run.expect_particles(h, batches[b][1], sums))
-                fault_injection(comm)
+                fault_injection(comm, "batch")
+            fault_injection(comm, "end")
             counter.free()
             arrays = sums.arrays()
             from mpi4py import MPI
@@ -99,7 +103,7 @@ def _mpi(run):
         if rank == 0:
             merged = {}
             for source in range(1, comm.Get_size()):
-                merged.update(polite_recv(comm, source, _TAG_RESULTS))
+                merged.update(polite_recv(comm, source, _TAG_RESULTS, check=run.check_abort))
             run.apply_results(merged)
         _broadcast_state(run, comm)
         return sums_out
@@ -108,9 +112,10 @@ def _mpi(run):
 
 
 def _leader_receive(run, comm):
+    """The followers' sums of each half; the leader checks the abort flag while it waits."""
     out = []
     for h in range(2):
-        arrays = polite_recv(comm, 1 + h, _TAG_SUMS + h)
+        arrays = polite_recv(comm, 1 + h, _TAG_SUMS + h, check=run.check_abort)
         sums = run.new_sums(h)
         sums.set_arrays(arrays)
         out.append(sums)
@@ -142,6 +147,8 @@ def broadcast_model(run):
             "fsc": run.fsc, "current_size": run.current_size, "current_resolution": run.current_resolution,
             "samp": run.samp, "auto": run.auto, "final": run.final,
         }
+    if comm.Get_rank() != 0:
+        fault_injection(comm, "model")  # test hook: a follower dies while the leader writes
     payload = comm.bcast(payload, root=0)
     if comm.Get_rank() != 0:
         for h, m in enumerate(run.models):
