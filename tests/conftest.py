@@ -1,6 +1,7 @@
 """Shared test fixtures: paths to ../shared, small simulated projects."""
 
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -16,11 +17,33 @@ if str(ROOT / "src") not in sys.path:  # allow running the tests without install
     sys.path.insert(0, str(ROOT / "src"))
 
 
+#: CI sets STA_REQUIRE_DATA=1: a test that needs ../shared data or mpirun then fails instead of skipping
+REQUIRE_DATA = os.environ.get("STA_REQUIRE_DATA") == "1"
+
+
 def need(path):
-    """Skip when a shared data file is not present (it is in every session and in CI)."""
+    """Skip when a shared data file is not present (it is in every session and in CI); fail
+    instead under ``STA_REQUIRE_DATA=1``."""
     if not Path(path).exists():
+        if REQUIRE_DATA:
+            pytest.fail(f"shared data not found: {path} (STA_REQUIRE_DATA=1)")
         pytest.skip(f"shared data not found: {path}")
     return Path(path)
+
+
+def need_mpirun():
+    """Path of ``mpirun``; skip without one, fail under ``STA_REQUIRE_DATA=1``."""
+    path = shutil.which("mpirun")
+    if path is None:
+        if REQUIRE_DATA:
+            pytest.fail("mpirun not found (STA_REQUIRE_DATA=1; install the mpi extra)")
+        pytest.skip("mpirun not installed")
+    return path
+
+
+#: marks a test that runs under mpirun (skipped without it, failing under STA_REQUIRE_DATA=1)
+requires_mpirun = pytest.mark.skipif(shutil.which("mpirun") is None and not REQUIRE_DATA,
+                                     reason="mpirun not installed")
 
 
 def one_error_line(capsys):

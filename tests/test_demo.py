@@ -6,13 +6,12 @@ import subprocess
 
 import pytest
 
-from tests.conftest import MODELS
+from tests.conftest import MODELS, need
 
 
 @pytest.mark.skipif(shutil.which("sta_demo") is None, reason="package not installed (pip install -e .)")
 def test_demo_runs_and_reports_resolution(tmp_path):
-    if not (MODELS / "job080.cif").exists():
-        pytest.skip("hexamer model not present")
+    need(MODELS / "job080.cif")
     res = subprocess.run(["sta_demo", "--o", str(tmp_path / "demo"), "--np", "3"], capture_output=True, text=True,
                          timeout=900)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]

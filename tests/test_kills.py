@@ -17,7 +17,7 @@ import time
 import pytest
 
 from sta.commands import reconstruct_particle, subtomo
-from tests.conftest import MODELS, need
+from tests.conftest import MODELS, need, need_mpirun
 
 #: a hang guard, not a speed assertion: a kill ends the job in ~1 s (measured), CI is shared
 EXIT_GUARD_S = 20.0
@@ -34,15 +34,6 @@ ARGS = {
 #: the files of one refine iteration (they must appear together)
 ITERATION_FILES = ("half1_class001.mrc", "half2_class001.mrc", "half1_model.star", "half2_model.star", "data.star",
                    "sampling.star", "optimiser.star", "optimisation_set.star", "sta_state.npz")
-
-
-def _mpirun():
-    path = shutil.which("mpirun")
-    if path is None:
-        if os.environ.get("STA_REQUIRE_DATA") == "1":
-            pytest.fail("mpirun not found (STA_REQUIRE_DATA=1)")
-        pytest.skip("mpirun not installed")
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +86,7 @@ def _check_no_mixed_outputs(tool, job):
 def test_killed_follower(project, tool, point, tmp_path):
     """Rank 2 is SIGKILLed before its first batch, after it, or after its last one (refine
     also while the leader writes): failure file, rank named, no mixed outputs."""
-    mpirun = _mpirun()
+    mpirun = need_mpirun()
     work = tmp_path / "w"
     shutil.copytree(project, work, symlinks=True)
     stamp = tmp_path / "killed_at"
@@ -114,7 +105,7 @@ def test_killed_follower(project, tool, point, tmp_path):
 
 
 def test_refine_follower_killed_while_leader_writes(project, tmp_path):
-    mpirun = _mpirun()
+    mpirun = need_mpirun()
     work = tmp_path / "w"
     shutil.copytree(project, work, symlinks=True)
     stamp = tmp_path / "killed_at"
@@ -133,7 +124,7 @@ def test_refine_follower_killed_while_leader_writes(project, tmp_path):
 def test_abort_now_within_an_iteration(project, tmp_path):
     """RELION_JOB_ABORT_NOW touched during iteration 2's expectation: the leader sees it while
     it waits for the followers, so iteration 2 is never written; EXIT_ABORTED, not FAILURE."""
-    mpirun = _mpirun()
+    mpirun = need_mpirun()
     work = tmp_path / "w"
     shutil.copytree(project, work, symlinks=True)
     job = work / "Job"

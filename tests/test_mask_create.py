@@ -9,7 +9,7 @@ import pytest
 
 from sta.commands.mask_create import main
 from sta.io.mrc import write_mrc
-from tests.conftest import one_error_line
+from tests.conftest import need, one_error_line
 
 CONFORMANCE = Path(__file__).resolve().parents[2] / "shared" / "data" / "relion-reference" / "conformance"
 
@@ -23,8 +23,7 @@ README_COMMANDS = {
 
 
 def _conformance():
-    if not (CONFORMANCE / "MaskCreate").is_dir():
-        pytest.skip(f"RELION conformance data not found at {CONFORMANCE}")
+    need(CONFORMANCE / "MaskCreate")
     return CONFORMANCE
 
 

@@ -14,7 +14,7 @@ from sta.io.star import list_table, loop_table, read_star, write_star
 from sta.kernels import filters
 from sta.kernels import fsc as fsck
 from sta.workflows.mask import mask_from_map
-from tests.conftest import one_error_line
+from tests.conftest import need, one_error_line
 
 CONFORMANCE = Path(__file__).resolve().parents[2] / "shared" / "data" / "relion-reference" / "conformance"
 
@@ -31,8 +31,7 @@ PHASE_WARNING = "WARNING: The phase-randomised FSC is larger than 0.10 at the es
 
 
 def _conformance():
-    if not (CONFORMANCE / "PostProcess").is_dir():
-        pytest.skip(f"RELION conformance data not found at {CONFORMANCE}")
+    need(CONFORMANCE / "PostProcess")
     return CONFORMANCE
 
 

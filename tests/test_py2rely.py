@@ -18,9 +18,9 @@ import pytest
 
 from sta.commands import relion_aliases
 from sta.io.star import read_star
-from tests.conftest import MODELS, need
+from tests.conftest import MODELS, need, requires_mpirun
 
-pytestmark = pytest.mark.skipif(shutil.which("mpirun") is None, reason="mpirun not installed")
+pytestmark = requires_mpirun
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import pytest
 
 from sta.commands import reconstruct_particle
 from sta.kernels.fsc import fsc
-from tests.conftest import REFERENCE, need
+from tests.conftest import REFERENCE, need, requires_mpirun
 
 CONF = REFERENCE / "conformance"
 VARIANTS = [("bin1_C1", 48, 1, "C1"), ("bin1_C6", 48, 1, "C6"), ("bin2_C1", 24, 2, "C1"), ("bin2_C6", 24, 2, "C6")]
@@ -106,7 +106,7 @@ def _run_mpi(np_, args, cwd, timeout=120):
     return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
 
 
-@pytest.mark.skipif(shutil.which("mpirun") is None, reason="mpirun not installed")
+@requires_mpirun
 def test_mpi_1_3_5_ranks_agree(tmp_path):
     _simulate(tmp_path)
     maps = {}
@@ -120,7 +120,7 @@ def test_mpi_1_3_5_ranks_agree(tmp_path):
             assert np.abs(maps[np_][t] - ref).max() <= 1e-5 * np.abs(ref).max(), (np_, t)
 
 
-@pytest.mark.skipif(shutil.which("mpirun") is None, reason="mpirun not installed")
+@requires_mpirun
 def test_killed_rank_ends_job(tmp_path):
     """A follower killed mid-run: non-zero exit naming the rank within 30 s, no final outputs."""
     _simulate(tmp_path)

@@ -11,7 +11,7 @@ import pytest
 from sta.commands import reconstruct_particle, refine, subtomo
 from sta.io.star import read_star
 from sta.simulate.evaluate import pose_errors
-from tests.conftest import MODELS, REFERENCE, need
+from tests.conftest import MODELS, REFERENCE, need, requires_mpirun
 
 REFINE_ARGS = ["--auto_refine", "--split_random_halves", "--i", "Extract/particles.star", "--tomograms",
                "tomograms.star", "--ref", "Reconstruct/merged.mrc", "--ini_high", "30", "--ctf",
@@ -87,6 +87,7 @@ def test_refinement_recovers_poses(project, refined, monkeypatch):
         assert (project / "Refine3D" / name).exists(), name
     model = read_star(project / "Refine3D" / "run_model.star")
     assert list(model)[:2] == ["model_general", "model_classes"]
+    assert int(model["model_general"].as_dict()["rlnDataDimensionality"]) == 2  # 2D stacks
     # the refined poses feed back into the reconstruction and the extraction
     assert reconstruct_particle.main(["--p", "Refine3D/run_data.star", "--t", "tomograms.star", "--b", "24",
                                       "--bin", "2", "--o", "Reconstruct_refined/", "--j", "1"]) == 0
@@ -116,6 +117,8 @@ def test_refines_3d_pseudo_subtomograms(project, monkeypatch, capsys):
     df = data["particles"].df
     assert df["rlnCtfImage"].str.endswith("_weights.mrc").all() and df["rlnImageName"].str.endswith("_data.mrc").all()
     assert int(data["optics"].df["rlnImageDimensionality"].iloc[0]) == 3
+    for model in ("Refine3D_vol/run_model.star", "Refine3D_vol/run_it001_half1_model.star"):
+        assert int(read_star(project / model)["model_general"].as_dict()["rlnDataDimensionality"]) == 3
     # bad 3D input: one clear line naming the file
     from sta.io.star import write_star
 
@@ -179,7 +182,7 @@ def test_continue_reproduces_the_run(project, refined, monkeypatch, capsys):
     assert "run_it004_sta_state.npz is missing" in capsys.readouterr().err
 
 
-@pytest.mark.skipif(shutil.which("mpirun") is None, reason="mpirun not installed")
+@requires_mpirun
 def test_one_three_five_ranks_preread_and_scratch_agree(project, tmp_path):
     """1, 3 and 5 ranks, pre-read images (node-shared memory) and a scratch copy give the same
     maps and poses; the scratch copy is removed at the end."""
@@ -214,7 +217,7 @@ def test_scratch_falls_back_when_disk_is_short(project, tmp_path, monkeypatch, c
     assert not (tmp_path / "relion_volatile").exists()
 
 
-@pytest.mark.skipif(shutil.which("mpirun") is None, reason="mpirun not installed")
+@requires_mpirun
 def test_killed_follower_ends_refine(project):
     """A follower killed after its first batch: non-zero exit naming the rank within 60 s, no final map."""
     import os
@@ -231,7 +234,7 @@ def test_killed_follower_ends_refine(project):
     assert not (project / "Rk" / "run_class001.mrc").exists()
 
 
-@pytest.mark.skipif(shutil.which("mpirun") is None, reason="mpirun not installed")
+@requires_mpirun
 def test_two_ranks_refused(project):
     cmd = ["mpirun", "-np", "2", sys.executable, "-m", "sta.commands.refine", "--o", "R2/run"] + REFINE_ARGS
     res = subprocess.run(cmd, cwd=project, capture_output=True, text=True, timeout=120)
@@ -275,7 +278,7 @@ def test_print_symmetry_ops(capsys, tmp_path, monkeypatch):
     assert not (tmp_path / "note.txt").exists()
 
 
-@pytest.mark.skipif(shutil.which("mpirun") is None, reason="mpirun not installed")
+@requires_mpirun
 def test_abort_now_stops_within_one_iteration(project):
     """RELION_JOB_ABORT_NOW touched after iteration 1: the job ends with RELION_JOB_EXIT_ABORTED
     before iteration 3 is written, and the flag is removed."""

@@ -15,6 +15,7 @@ import pytest
 import sta.commands
 from sta import __version__
 from sta.commands import relion_aliases
+from tests.conftest import requires_mpirun
 
 VERSION_LINE = f"RELION version: 5.0-compatible (sta {__version__})"
 
@@ -116,7 +117,7 @@ def test_launcher_wrapper_drops_oversubscribe(alias_dir):
     assert res.returncode == 0 and res.stdout.count("hello") == 2, (res.stdout, res.stderr)
 
 
-@pytest.mark.skipif(shutil.which("mpirun") is None, reason="mpirun not installed")
+@requires_mpirun
 def test_py2rely_reconstruct_through_mpirun(alias_dir, tmp_path):
     """py2rely's exact reconstruct command line through the RELION name under mpirun -np 3."""
     from sta.commands import reconstruct_particle

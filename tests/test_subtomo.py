@@ -10,7 +10,7 @@ import pytest
 
 from sta.commands import subtomo
 from sta.io.star import parse_int_vector, read_star
-from tests.conftest import REFERENCE, need
+from tests.conftest import REFERENCE, need, requires_mpirun
 
 CONF = REFERENCE / "conformance"
 VARIANTS = [("bin1_float32", 48, 1), ("bin2_float32", 24, 2), ("bin1_float16", 48, 1), ("bin2_float16", 24, 2)]
@@ -360,7 +360,7 @@ def test_insert_kernel_identity_slice():
     assert m[0, s // 2, 0] == 0
 
 
-@pytest.mark.skipif(shutil.which("mpirun") is None, reason="mpirun not installed")
+@requires_mpirun
 def test_mpi_3_ranks_equal_1(tmp_path):
     _simulate(tmp_path, edge_particles=True)
     stacks, stars = {}, {}

@@ -10,6 +10,7 @@ import pytest
 from sta.errors import InputError
 from sta.geometry.euler import euler_to_matrix, matrix_to_euler
 from sta.geometry.symmetry import SymmetryGroup, parse_symmetry
+from tests.conftest import need
 
 SYMOPS = Path(__file__).resolve().parents[2] / "shared" / "data" / "relion-reference" / "symops"
 REFERENCE_GROUPS = ["C6", "D7", "T", "O", "I1", "I2"]
@@ -17,8 +18,7 @@ REFERENCE_GROUPS = ["C6", "D7", "T", "O", "I1", "I2"]
 
 def _read_symops(name):
     """Matrices, printed strings and Euler angles of a ``--print_symmetry_ops`` file."""
-    if not SYMOPS.is_dir():
-        pytest.skip(f"RELION symmetry printouts not found in {SYMOPS}")
+    need(SYMOPS)
     lines = (SYMOPS / f"symops_{name}.txt").read_text().splitlines()
     mats, texts, eulers = [], [], []
     for i, line in enumerate(lines):

@@ -20,6 +20,7 @@ Example:
 """
 
 import logging
+import os
 import sys
 
 from sta import __version__
@@ -112,6 +113,7 @@ def _options(args, angpix, mtf):
 def _body(args, argv):
     from sta.backend import set_fft_threads
     from sta.io import postprocess_files as ppf
+    from sta.io.atomic import output_set, remove_stale
     from sta.io.mrc import write_mrc
     from sta.workflows.postprocess import line, postprocess, sharpen_like
 
@@ -140,36 +142,39 @@ def _body(args, argv):
     root = args.o
     names = {"half1": fn1, "half2": fn2, "map": f"{root}.mrc", "masked_map": f"{root}_masked.mrc",
              "mask": args.mask}
-    log.info("== Writing output files ...")
-    write_mrc(names["map"], sharp.volume, angpix)
-    log.info(line("  + Processed map: ", names["map"]))
-    if mask is not None:
-        write_mrc(names["masked_map"], sharp.volume * mask, angpix)
-        log.info(line("  + Processed masked map: ", names["masked_map"]))
-    star = f"{root}.star"
-    log.info(line("  + Metadata file: ", star))
-    ppf.write_postprocess_star(star, curves, sharp, names, " ".join(argv),
-                               f"5.0-compatible (sta {__version__})", args.molweight, args.auto_bfac)
-    if args.ios:
-        ppf.write_optimisation_set(f"{root}_optimisation_set.star", args.ios, star,
-                                   *((fn1, fn2) if args.i else (None, None)))
-        log.info(line("  + Optimisation set: ", f"{root}_optimisation_set.star"))
-    ppf.write_fsc_xml(f"{root}_fsc.xml", curves.resolution_inv, curves.fsc_true)
-    ppf.write_fsc_dat(f"{root}_fsc.dat", curves.resolution_inv, curves.fsc_true)
-    ppf.write_plots(root, curves, sharp)
-    final = f"{curves.resolution:g}"
-    if args.interpolate:
-        final += f" ({curves.fractional_resolution:g})"
-    log.info(line("  + FINAL RESOLUTION: ", final))
+    # every output appears together (the STAR file last) or, when a write fails, none does
+    remove_stale(os.path.dirname(root) or ".")
+    with output_set(last=[f"{root}.star"]):
+        log.info("== Writing output files ...")
+        write_mrc(names["map"], sharp.volume, angpix)
+        log.info(line("  + Processed map: ", names["map"]))
+        if mask is not None:
+            write_mrc(names["masked_map"], sharp.volume * mask, angpix)
+            log.info(line("  + Processed masked map: ", names["masked_map"]))
+        star = f"{root}.star"
+        log.info(line("  + Metadata file: ", star))
+        ppf.write_postprocess_star(star, curves, sharp, names, " ".join(argv),
+                                   f"5.0-compatible (sta {__version__})", args.molweight, args.auto_bfac)
+        if args.ios:
+            ppf.write_optimisation_set(f"{root}_optimisation_set.star", args.ios, star,
+                                       *((fn1, fn2) if args.i else (None, None)))
+            log.info(line("  + Optimisation set: ", f"{root}_optimisation_set.star"))
+        ppf.write_fsc_xml(f"{root}_fsc.xml", curves.resolution_inv, curves.fsc_true)
+        ppf.write_fsc_dat(f"{root}_fsc.dat", curves.resolution_inv, curves.fsc_true)
+        ppf.write_plots(root, curves, sharp)
+        final = f"{curves.resolution:g}"
+        if args.interpolate:
+            final += f" ({curves.fractional_resolution:g})"
+        log.info(line("  + FINAL RESOLUTION: ", final))
 
-    if args.half_maps:
-        log.info("== Writing half maps after applying same sharpening and low-pass filter")
-        for k, half in ((1, h1), (2, h2)):
-            log.info("  + half%d", k)
-            out = sharpen_like(half, curves.fsc_true, opts, sharp).volume
-            write_mrc(f"{root}_half{k}.mrc", out, angpix)
-            if mask is not None:
-                write_mrc(f"{root}_half{k}_masked.mrc", out * mask, angpix)
+        if args.half_maps:
+            log.info("== Writing half maps after applying same sharpening and low-pass filter")
+            for k, half in ((1, h1), (2, h2)):
+                log.info("  + half%d", k)
+                out = sharpen_like(half, curves.fsc_true, opts, sharp).volume
+                write_mrc(f"{root}_half{k}.mrc", out, angpix)
+                if mask is not None:
+                    write_mrc(f"{root}_half{k}_masked.mrc", out * mask, angpix)
 
 
 def main(argv=None):

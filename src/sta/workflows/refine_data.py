@@ -23,12 +23,13 @@ the CTF² half alone as (c, c, c//2+1), or a centred c³ CTF volume); modelled a
 
 import dataclasses
 import logging
+from typing import ClassVar
 
 import numpy as np
 
 from sta.errors import InputError
-from sta.io.mrc import read_stack_images
 from sta.io.image_name import image_file
+from sta.io.mrc import read_stack_images
 from sta.io.star import split_image_name
 from sta.kernels.ctf import ctf_2d
 from sta.kernels.fourier import centred_rfft
@@ -41,6 +42,7 @@ log = logging.getLogger(__name__)
 class StackParticle:
     """Per-particle data needed by the refinement (no images)."""
 
+    DATA_DIMENSIONALITY: ClassVar[int] = 2  # rlnDataDimensionality of the model file
     index: int                 # row in the particle table
     tomo: str
     image_path: str
@@ -150,6 +152,7 @@ class SubtomoParticle:
     """One 3D pseudo-subtomogram (no images held): the volume file, its weights file and
     optics.  ``n_img`` is the number of z-sections (rows of the image store)."""
 
+    DATA_DIMENSIONALITY: ClassVar[int] = 3
     index: int
     tomo: str
     image_path: str

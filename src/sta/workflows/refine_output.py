@@ -85,7 +85,7 @@ class RefineWriter:
         norm = float(ori) ** 2  # kernels use 1/sqrt(N) spectra; RELION 1/N
         n_groups = len(run.groups)
         general = {
-            "rlnReferenceDimensionality": 3, "rlnDataDimensionality": 2, "rlnOriginalImageSize": ori,
+            "rlnReferenceDimensionality": 3, "rlnDataDimensionality": run.sps[0].DATA_DIMENSIONALITY, "rlnOriginalImageSize": ori,
             "rlnCurrentResolution": 1.0 / max(run.current_resolution, 1e-9),
             "rlnCurrentImageSize": ori if run.final else run.current_size, "rlnPaddingFactor": float(run.p.pad),
             "rlnIsHelix": 0, "rlnFourierSpaceInterpolator": 1, "rlnMinRadiusNnInterpolation": 10,
