@@ -189,7 +189,7 @@ def test_pipeline_control_and_mem(tmp_path, monkeypatch, capsys):
                                       "--pipeline_control", "Job/"])
     assert code == 1 and (tmp_path / "Job" / "RELION_JOB_EXIT_FAILURE").exists()
     assert "--mem" in capsys.readouterr().err
-    code = reconstruct_particle.main(["--i", "optimisation_set.star", "--b", "32", "--o", "Job2/", "--mem", "0.002",
+    code = reconstruct_particle.main(["--i", "optimisation_set.star", "--b", "32", "--o", "Job2/", "--mem", "0.06",
                                       "--j_out", "4", "--pipeline_control", "Job2/"])
     assert code == 0 and (tmp_path / "Job2" / "RELION_JOB_EXIT_SUCCESS").exists()
     assert not (tmp_path / "Job2" / "note.txt").exists()

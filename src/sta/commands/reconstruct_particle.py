@@ -7,6 +7,11 @@ Writes ``half1.mrc``, ``half2.mrc``, ``merged.mrc`` (+ ``*_full.mrc`` with ``--c
 maps as references (the output node RELION 5's GUI declares).  Under ``mpirun`` the particles are split
 into batches handed out dynamically to all ranks; rank 0 writes the outputs.
 
+``--mem`` is a bound per MPI rank on everything the run holds beyond the interpreter's
+baseline (tilt series, accumulators, working buffers, the final maps): --j_out and the
+tilt series kept in memory are lowered to fit, and a limit that cannot be met is refused
+before any work (RELION's --mem counts the accumulators only).
+
 Example:
   mpirun -np 3 sta_reconstruct_particle --i optimisation_set.star --b 48 --bin 1 --sym C6 --o Reconstruct/job001/
 """
@@ -40,7 +45,10 @@ def add_args(parser):
     g.add_argument("--nr_helical_asu", type=_cli.positive_int, default=1, help="helical units (only 1 supported)")
     g.add_argument("--helical_rise", type=float, default=0.0, help="helical rise (Å)")
     g.add_argument("--helical_twist", type=float, default=0.0, help="helical twist (deg)")
-    g.add_argument("--mem", type=float, default=-1.0, help="max memory (GB) for the accumulators; reduces --j_out")
+    g.add_argument("--mem", type=float, default=-1.0,
+                   help="max memory per MPI rank (GB = 2^30 bytes) beyond the interpreter's ~0.14 GB: tilt series, "
+                        "accumulators, buffers and final maps; lowers --j_out and the tilt series kept, refuses a "
+                        "limit that cannot be met (sta deviation: RELION's --mem counts the accumulators only)")
     g.add_argument("--only_do_unfinished", action="store_true", help="skip the job when its outputs exist")
     g.add_argument("--no_backup", action="store_true", help="accepted (sta writes no restart files)")
     g.add_argument("--no_circle_crop", action="store_true", help="do not crop the 2D images to a circle")
@@ -91,76 +99,106 @@ def _body(args, comm):
         if comm.Get_rank() == 0 and not os.path.exists(os.path.join(args.o, "optimisation_set.star")):
             _write_optimisation_set(args, opt, has_halves)
         return
-    j_out = _threads_within_memory(args)
+    plan = _memory_plan(args, comm, tomograms, particles, params)  # before any heavy work
     t_read = time.time() - t0
-    sums = _backproject(args, comm, tomograms, particles, trajectories, params, j_out)
+    sums = _backproject(args, comm, tomograms, particles, trajectories, params, plan)
     t_bp = time.time() - t0 - t_read
     if comm.Get_rank() != 0 or args.no_recon:
         return
     set_fft_threads(args.j)
-    rec = wf.finalise(sums, params, has_halves)
+    pixel_size = params.binning * tomograms[particles.tomo_name(0)].pixel_size
     with output_set(last=[os.path.join(args.o, "optimisation_set.star")]):  # all maps together, or none
-        _write(args, rec, params.binning * tomograms[particles.tomo_name(0)].pixel_size)
+        _finalise_and_write(args, sums, params, has_halves, pixel_size)
         _write_optimisation_set(args, opt, has_halves)
     log.info(" Timing: reading %.2f s, back-projection %.2f s, reconstruction and writing %.2f s",
              t_read, t_bp, time.time() - t0 - t_read - t_bp)
 
 
-def _threads_within_memory(args):
-    from sta.workflows.reconstruct_particle import HalfSums
+def _memory_plan(args, comm, tomograms, particles, params):
+    """--j_out and the tilt series kept per rank (:func:`sta.parallel.memory.plan_memory`)."""
+    from sta.parallel import memory
+    from sta.workflows.reconstruct_particle import TILT_GROUP, max_entries, tilt_series_shape
 
-    gb = HalfSums.nbytes(args.b) / 2 ** 30
-    j_out = args.j_out
-    if args.mem > 0:
-        fit = int(args.mem // gb)
-        if fit < 1:
-            raise InputError(f"--mem {args.mem} GB is too small: one pair of half-set accumulators of box "
-                             f"{args.b} needs {gb:.3f} GB")
-        if fit < j_out:
-            log.info(" --mem %.3g GB: --j_out reduced from %d to %d (%.3f GB per accumulator pair)",
-                     args.mem, j_out, fit, gb)
-            j_out = fit
-    return j_out
+    shapes = [tilt_series_shape(tomograms[name]) for name in sorted(set(particles.tomo_names()))]
+    f, h, w, single = max(shapes, key=lambda t: t[0] * t[1] * t[2])
+    sizes = memory.Sizes(box=params.box, box0=params.box0, n_tilts=f, height=h, width=w,
+                         single_stack=any(t[3] for t in shapes), crop=params.crop, tilt_group=TILT_GROUP,
+                         max_entries=max_entries(params.box),
+                         metadata=int(particles.df.memory_usage(deep=True).sum()))
+    n_ranks = comm.Get_size()
+    limit = int(args.mem * memory.GB) if args.mem > 0 else 0
+    try:
+        plan = memory.plan_memory(limit, sizes, args.j_out, n_ranks)
+    except memory.MemoryTooSmall as err:
+        if comm.Get_rank() != 0:
+            comm.Barrier()  # rank 0 reports and ends the job
+        raise InputError(f"--mem {args.mem:g} GB is too small for box {args.b}: at least {err.needed / memory.GB:.3f} "
+                         f"GB per rank is needed (--j_out 1, one tilt series of {f} x {w} x {h} kept: "
+                         f"{memory.describe(sizes, 1, 1, n_ranks)} GB)") from None
+    if limit:
+        memory.return_freed_memory()
+        log.info(" --mem %g GB per rank: j_out %d, tilt series kept %d, estimated peak %.3f GB", args.mem,
+                 plan.j_out, plan.keep, plan.estimate / memory.GB)
+        if plan.j_out < args.j_out:
+            log.info(" --j_out reduced from %d to %d to fit --mem", args.j_out, plan.j_out)
+    return plan
 
 
-def _backproject(args, comm, tomograms, particles, trajectories, params, j_out):
+def _backproject(args, comm, tomograms, particles, trajectories, params, plan):
     from sta.kernels.backproject import HalfGrid
     from sta.parallel.batches import TiltCache, make_batches, run_batches
-    from sta.parallel.mpi import reduce_sum
     from sta.workflows.reconstruct_particle import HalfSums, backproject_particles
     from sta.workflows.tilt_data import TiltData
 
-    cache = TiltCache(lambda name: TiltData(tomograms[name]))
+    cache = TiltCache(lambda name: TiltData(tomograms[name]), keep=plan.keep)
     grid = HalfGrid(params.box)
-    batches = make_batches(particles.indices_by_tomogram(), comm.Get_size() * j_out)
+    batches = make_batches(particles.indices_by_tomogram(), comm.Get_size() * plan.j_out)
 
     def process(state, batch):
         name, idx = batch
         backproject_particles(cache.get(name), particles, idx, params, state, trajectories, grid)
 
-    states = run_batches(comm, batches, process, lambda: HalfSums(params.box), n_threads=j_out,
+    states = run_batches(comm, batches, process, lambda: HalfSums(params.box), n_threads=plan.j_out,
                          label="Back-projected", is_leader=comm.Get_rank() == 0,
                          check_abort=lambda: _cli.check_abort(args.pipeline_control))
-    sums = states[0]
-    for other in states[1:]:
-        sums.add(other)
-    reduce_sum(comm, sums.data)
-    reduce_sum(comm, sums.weight)
+    del cache, process  # the tilt series
+    sums = states.pop(0)
+    while states:  # each thread's accumulators are freed once added
+        sums.add(states.pop())
+    _reduce(comm, sums.data)
+    _reduce(comm, sums.weight)
     return sums
 
 
-def _write(args, rec, pixel_size):
-    from sta.io.mrc import write_mrc
+def _reduce(comm, array):
+    """Sum ``array`` over the ranks onto rank 0, a few MB at a time (MPI's temporary
+    buffers stay small)."""
+    from sta.parallel.memory import REDUCE_CHUNK
+    from sta.parallel.mpi import reduce_sum
 
-    for tag, vol in rec.data.items():
-        write_mrc(os.path.join(args.o, f"data_{tag}.mrc"), vol, pixel_size)
-    for tag, vol in rec.weights.items():
-        write_mrc(os.path.join(args.o, f"weight_{tag}.mrc"), vol, pixel_size)
-    for tag, vol in rec.full.items():
-        write_mrc(os.path.join(args.o, f"{tag}_full.mrc"), vol, pixel_size)
-    for tag, vol in rec.maps.items():
-        write_mrc(os.path.join(args.o, f"{tag}.mrc"), vol, pixel_size)
-    log.info(" Wrote %s to %s", ", ".join(f"{t}.mrc" for t in rec.maps), args.o)
+    if comm.Get_size() == 1:
+        return
+    flat = array.reshape(-1)
+    step = max(REDUCE_CHUNK // flat.itemsize, 1)
+    for start in range(0, flat.size, step):
+        reduce_sum(comm, flat[start:start + step])
+
+
+def _finalise_and_write(args, sums, params, has_halves, pixel_size):
+    """Make and write the maps one at a time (:func:`~sta.workflows.reconstruct_particle.finalise_outputs`)."""
+    from sta.io.mrc import write_mrc
+    from sta.parallel.memory import fft_plans_not_kept
+    from sta.workflows.reconstruct_particle import finalise_outputs
+
+    names = {"data": "data_{}.mrc", "weight": "weight_{}.mrc", "full": "{}_full.mrc", "map": "{}.mrc"}
+    maps = []
+    with fft_plans_not_kept():
+        for kind, tag, vol in finalise_outputs(sums, params, has_halves):
+            write_mrc(os.path.join(args.o, names[kind].format(tag)), vol, pixel_size)
+            del vol
+            if kind == "map":
+                maps.append(f"{tag}.mrc")
+    log.info(" Wrote %s to %s", ", ".join(maps), args.o)
 
 
 def _write_optimisation_set(args, opt, has_halves):
@@ -181,12 +219,16 @@ def main(argv=None):
     from sta.parallel.threads import limit_threads_for_mpi
 
     limit_threads_for_mpi(sys.argv[1:] if argv is None else argv, option=None)
+    from sta.parallel.memory import report_peak_rss
     from sta.parallel.mpi import world
 
     comm = world()
     parser = _cli.make_parser(PROG, __doc__)
     add_args(parser)
-    return _cli.run(PROG, parser, lambda args: _body(args, comm), argv, note_dir=lambda a: a.o, comm=comm)
+    try:
+        return _cli.run(PROG, parser, lambda args: _body(args, comm), argv, note_dir=lambda a: a.o, comm=comm)
+    finally:
+        report_peak_rss(comm.Get_rank())  # STA_REPORT_PEAK_RSS test hook
 
 
 if __name__ == "__main__":

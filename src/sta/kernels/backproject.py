@@ -15,18 +15,38 @@ def _wrapped(n):
 
 
 class HalfGrid:
-    """Frequency coordinates of an (s, s, s//2+1) half grid, flattened once."""
+    """Frequency coordinates of an (s, s, s//2+1) half grid.
+
+    Only per-row tables (one entry per (z, y) row, s² values) are stored; the (x, y, z)
+    coordinates of voxels are made on demand by :meth:`coords_at`, so the grid costs
+    O(s²) memory rather than 24·s²·(s//2+1) bytes.
+    """
 
     def __init__(self, s):
         self.s = s
         sh = s // 2 + 1
-        zz, yy, xx = np.meshgrid(_wrapped(s), _wrapped(s), np.arange(sh, dtype=float), indexing="ij")
-        self.coords = np.stack([xx.ravel(), yy.ravel(), zz.ravel()], axis=1)  # (N, 3) x, y, z
         self.shape = (s, s, sh)
-        rz, ry = np.meshgrid(_wrapped(s), _wrapped(s), indexing="ij")
-        self.row_z = rz.ravel()  # one entry per (z, y) row of the grid
-        self.row_y = ry.ravel()
+        w = _wrapped(s)
+        self.row_z = np.repeat(w, s)  # one entry per (z, y) row of the grid
+        self.row_y = np.tile(w, s)
         self.row_yz2 = self.row_y ** 2 + self.row_z ** 2
+
+    @property
+    def size(self):
+        """Number of voxels, s·s·(s//2+1)."""
+        return self.shape[0] * self.shape[1] * self.shape[2]
+
+    def coords_at(self, idx):
+        """(n, 3) float (x, y, z) frequencies of the voxels with flat indices ``idx``."""
+        wh = self.shape[2]
+        idx = np.asarray(idx, dtype=np.int64)
+        rows = idx // wh
+        return np.stack([(idx - rows * wh).astype(float), self.row_y[rows], self.row_z[rows]], axis=1)
+
+    @property
+    def coords(self):
+        """(N, 3) (x, y, z) frequencies of every voxel (made on each access: 24·N bytes)."""
+        return self.coords_at(np.arange(self.size))
 
 
 def linear_xyz_half(vol, px, py, pz, complex_data):
@@ -85,8 +105,8 @@ def _slab_voxels(grid, normal, max_freq):
     return rows * wh + x
 
 
-def backproject_slices_gather(grid, data2d, weight2d, mats, max_freqs, dest_data, dest_weight):
-    """RELION ``backprojectSlice_backward`` for a stack of slices, accumulated at once.
+def gather_slice(grid, data2d, weight2d, mat, max_freq):
+    """Voxels one slice of RELION ``backprojectSlice_backward`` reaches, and their values.
 
     For every 3D frequency K (x ≥ 0) with ``x ≤ floor(sqrt(max_freq² − y² − z²))``, the 2D
     position ``k = (A⁻¹)ᵀ K`` is used if ``|k_z| < 1``, ``|k_x| < wh`` and ``|k_y| < h/2+1``;
@@ -95,37 +115,89 @@ def backproject_slices_gather(grid, data2d, weight2d, mats, max_freqs, dest_data
     Parameters
     ----------
     grid : HalfGrid of the destination
+    data2d : (h, wh) complex, weight2d : (h, wh) real
+    mat : (3, 3) matrix mapping reference frequencies to image frequencies
+    max_freq : int, radius limit (``xRanges(0, f)``)
+
+    Returns
+    -------
+    idx : (n,) int64 flat voxel indices; re, im, weight : (n,) float64 values to add there.
+    """
+    h, wh = data2d.shape[-2:]
+    m = np.linalg.inv(mat).T
+    idx = _slab_voxels(grid, m[2], int(max_freq))
+    k = grid.coords_at(idx) @ m.T
+    sel = (k[:, 2] > -1.0) & (k[:, 2] < 1.0) & (np.abs(k[:, 0]) < wh) & (np.abs(k[:, 1]) < h // 2 + 1)
+    idx, k = idx[sel], k[sel]
+    flat, bw, neg = _bilinear_flat(k[:, 0], k[:, 1], 0, h, wh)
+    wz = 1.0 - np.abs(k[:, 2])
+    out = []
+    for j, plane in enumerate((data2d.real, data2d.imag, weight2d)):
+        table = np.ascontiguousarray(plane, dtype=np.float64).ravel()
+        v = bw[0] * table[flat[0]]
+        for c in range(1, 4):
+            v += bw[c] * table[flat[c]]
+        v *= wz
+        if j == 1:
+            v[neg] *= -1.0  # Hermitian mate: conjugate
+        out.append(v)
+    return idx, out[0], out[1], out[2]
+
+
+class SliceAccumulator:
+    """Adds gathered slices to flat half grids ``dest_data`` (complex) / ``dest_weight``.
+
+    Entries (voxel index and values) are collected slice by slice and summed into the
+    destination with one ``bincount`` per component whenever more than ``max_entries`` are
+    held (``None``: only at :meth:`flush`), so the working memory is about
+    40·max_entries + 8·N bytes for an N-voxel grid, whatever the number of slices.
+    """
+
+    def __init__(self, grid, dest_data, dest_weight, max_entries=None):
+        self.grid = grid
+        self.dest_data = dest_data
+        self.dest_weight = dest_weight
+        self.max_entries = max_entries
+        self._parts = []
+        self._count = 0
+
+    def add(self, data2d, weight2d, mats, max_freqs):
+        """Gather the slices ``data2d`` (n, h, wh), ``weight2d`` with ``mats`` (n, 3, 3)."""
+        for f in range(len(mats)):
+            part = gather_slice(self.grid, data2d[f], weight2d[f], mats[f], max_freqs[f])
+            self._parts.append(part)
+            self._count += len(part[0])
+            if self.max_entries is not None and self._count >= self.max_entries:
+                self.flush()
+
+    def flush(self):
+        """Sum the held entries into the destination."""
+        if not self._parts:
+            return
+        parts, self._parts, self._count = self._parts, [], 0
+        idx = np.concatenate([p[0] for p in parts])
+        n = self.dest_weight.shape[0]
+        for j, dest in ((1, self.dest_data.real), (2, self.dest_data.imag), (3, self.dest_weight)):
+            vals = np.concatenate([p[j] for p in parts])
+            dest += np.bincount(idx, vals, minlength=n)
+            del vals
+
+
+def backproject_slices_gather(grid, data2d, weight2d, mats, max_freqs, dest_data, dest_weight, max_entries=None):
+    """RELION ``backprojectSlice_backward`` for a stack of slices (see :func:`gather_slice`).
+
+    Parameters
+    ----------
+    grid : HalfGrid of the destination
     data2d : (n, h, wh) complex, weight2d : (n, h, wh) real
     mats : (n, 3, 3) matrices mapping reference frequencies to image frequencies
     max_freqs : (n,) ints, radius limits (``xRanges(0, f)``)
     dest_data, dest_weight : flat (N,) arrays, updated in place.
+    max_entries : bound on the entries held before they are added (see :class:`SliceAccumulator`).
     """
-    h, wh = data2d.shape[-2:]
-    parts = []
-    for f in range(len(mats)):
-        m = np.linalg.inv(mats[f]).T
-        idx = _slab_voxels(grid, m[2], int(max_freqs[f]))
-        c = grid.coords[idx]
-        k = c @ m.T
-        sel = (k[:, 2] > -1.0) & (k[:, 2] < 1.0) & (np.abs(k[:, 0]) < wh) & (np.abs(k[:, 1]) < h // 2 + 1)
-        parts.append((idx[sel], k[sel], np.full(int(sel.sum()), f)))
-    if not parts:
-        return
-    idx = np.concatenate([p[0] for p in parts])
-    k = np.concatenate([p[1] for p in parts])
-    fi = np.concatenate([p[2] for p in parts])
-    # one table of (re, im, weight) so the bilinear lookups are shared by data and weight
-    table = np.stack([data2d.real.ravel(), data2d.imag.ravel(), weight2d.ravel()], axis=1).astype(np.float64)
-    flat, bw, neg = _bilinear_flat(k[:, 0], k[:, 1], fi, h, wh)
-    vals = bw[0, :, None] * table[flat[0]]
-    for j in range(1, 4):
-        vals += bw[j, :, None] * table[flat[j]]
-    wz = 1.0 - np.abs(k[:, 2])
-    vals *= wz[:, None]
-    vals[neg, 1] *= -1.0  # Hermitian mate: conjugate
-    n = dest_weight.shape[0]
-    dest_data += np.bincount(idx, vals[:, 0], minlength=n) + 1j * np.bincount(idx, vals[:, 1], minlength=n)
-    dest_weight += np.bincount(idx, vals[:, 2], minlength=n)
+    acc = SliceAccumulator(grid, dest_data, dest_weight, max_entries)
+    acc.add(data2d, weight2d, mats, max_freqs)
+    acc.flush()
 
 
 def _bilinear_flat(px, py, fi, h, wh):
@@ -150,14 +222,22 @@ def _bilinear_flat(px, py, fi, h, wh):
     return flat, bw, neg
 
 
-def symmetrise_half(vol, matrices, complex_data):
+def symmetrise_half(vol, matrices, complex_data, chunk=1 << 15):
     """Average a half grid over the identity and ``matrices`` (non-identity operators),
-    each sampled trilinearly at ``R·K`` (RELION ``Symmetry::symmetrise_FS_*``)."""
+    each sampled trilinearly at ``R·K`` (RELION ``Symmetry::symmetrise_FS_*``).
+
+    Works through the grid ``chunk`` voxels at a time (the result does not depend on it), so
+    the memory beyond the input and the result is a few MB.
+    """
     d, h, wh = vol.shape
     grid = HalfGrid(d)
-    acc = vol.ravel().astype(np.complex128 if complex_data else np.float64).copy()
-    c = grid.coords
-    for r in matrices:
-        p = c @ np.asarray(r, dtype=float).T
-        acc += linear_xyz_half(vol, p[:, 0], p[:, 1], p[:, 2], complex_data)
-    return (acc / (len(matrices) + 1)).reshape(vol.shape)
+    acc = vol.ravel().astype(np.complex128 if complex_data else np.float64)
+    mats = [np.asarray(r, dtype=float).T for r in matrices]
+    for start in range(0, acc.size, chunk):
+        c = grid.coords_at(np.arange(start, min(start + chunk, acc.size)))
+        part = acc[start:start + chunk]
+        for rt in mats:
+            p = c @ rt
+            part += linear_xyz_half(vol, p[:, 0], p[:, 1], p[:, 2], complex_data)
+    acc /= len(matrices) + 1
+    return acc.reshape(vol.shape)

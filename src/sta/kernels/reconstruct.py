@@ -9,123 +9,194 @@ import numpy as np
 from sta.backend import get_fft
 
 
-def _centre_modulation(s):
+def _centre_modulation(s, z=None):
+    """(−1)^(x+y+z) on the half grid (all of it, or the plane ``z``)."""
     i = np.arange(s)
     sh = s // 2 + 1
     sz = 1 - 2 * (i % 2)
     sx = 1 - 2 * (np.arange(sh) % 2)
+    if z is not None:
+        return sz[z] * sz[:, None] * sx[None, :]
     return sz[:, None, None] * sz[None, :, None] * sx[None, None, :]
 
 
 def _irfft_both(half, s):
     """Inverse FFT with RELION's ``FFT::Both`` normalisation (1/sqrt(N))."""
-    return get_fft().irfftn(half, s=(s, s, s)) * np.sqrt(float(s) ** 3)
+    vol = get_fft().irfftn(half, s=(s, s, s))
+    vol *= np.sqrt(float(s) ** 3)
+    return vol
 
 
 def _rfft_both(vol):
     s = vol.shape[0]
-    return get_fft().rfftn(vol) / np.sqrt(float(s) ** 3)
+    ft = get_fft().rfftn(vol)
+    ft /= np.sqrt(float(s) ** 3)
+    return ft
+
+
+def _radius_plane(s, z, centre):
+    """Distance of the voxels of plane ``z`` of an s³ volume from ``centre`` (voxels), (s, s)."""
+    y, x = np.ogrid[:s, :s]
+    return np.sqrt((x - centre) ** 2.0 + (y - centre) ** 2.0 + (z - centre) ** 2.0)
 
 
 def gridding_correct_sinc2(data_half, s):
     """``griddingCorrect3D_sinc2`` with centring: (−1)^(x+y+z), inverse FFT, divide by
-    sinc²(r/s) (by 0.01 where sinc² < 0.01 or r/s > 1); returns the real-space volume."""
-    vol = _irfft_both(data_half * _centre_modulation(s), s)
+    sinc²(r/s) (by 0.01 where sinc² < 0.01 or r/s > 1); returns the real-space volume.
+
+    Works plane by plane where it can: beyond the (s, s, s) result it needs one modulated
+    copy of ``data_half`` and what the inverse FFT needs.
+    """
+    modulated = np.empty(data_half.shape, dtype=np.result_type(data_half.dtype, np.int64))
+    for z in range(data_half.shape[0]):
+        np.multiply(data_half[z], _centre_modulation(s, z), out=modulated[z])
+    vol = _irfft_both(modulated, s)
+    del modulated
     c = s // 2
-    z, y, x = np.ogrid[:s, :s, :s]
-    r = np.sqrt((x - c) ** 2.0 + (y - c) ** 2.0 + (z - c) ** 2.0)
-    d = r / s
-    with np.errstate(invalid="ignore", divide="ignore"):
-        sinc2 = np.where(r == 0, 1.0, (np.sin(np.pi * d) / (np.pi * d)) ** 2)
-    corr = np.where((sinc2 < 1e-2) | (d > 1.0), 1e-2, sinc2)
-    corr[c, c, c] = 1.0
-    return vol / corr
+    for z in range(s):
+        d = _radius_plane(s, z, c) / s
+        with np.errstate(invalid="ignore", divide="ignore"):
+            sinc2 = np.where(d == 0, 1.0, (np.sin(np.pi * d) / (np.pi * d)) ** 2)
+        corr = np.where((sinc2 < 1e-2) | (d > 1.0), 1e-2, sinc2)
+        if z == c:
+            corr[c, c] = 1.0
+        vol[z] /= corr
+    return vol
 
 
 def radial_average_half_lin(w):
     """``RadialAvg::fftwHalf_3D_lin``: linear-interpolated radial average, s//2+1 bins."""
     s = w.shape[0]
     wh = w.shape[2]
-    r = _half_radius(s)
-    r0 = r.astype(np.int64)
-    f1 = r - r0
     avg = np.zeros(wh)
     wgh = np.zeros(wh)
-    ok0 = r0 < wh
-    np.add.at(avg, r0[ok0], ((1 - f1) * w)[ok0])
-    np.add.at(wgh, r0[ok0], (1 - f1)[ok0])
-    ok1 = r0 + 1 < wh
-    np.add.at(avg, r0[ok1] + 1, (f1 * w)[ok1])
-    np.add.at(wgh, r0[ok1] + 1, f1[ok1])
+    # two passes over the planes: the (1 − f) terms of every voxel, then the f terms, in
+    # voxel order (the order in which the sums are accumulated)
+    for upper in (False, True):
+        for z in range(s):
+            r = _half_radius(s, z)
+            r0 = r.astype(np.int64)
+            f1 = r - r0
+            wz = w[z]
+            if not upper:
+                ok0 = r0 < wh
+                np.add.at(avg, r0[ok0], ((1 - f1) * wz)[ok0])
+                np.add.at(wgh, r0[ok0], (1 - f1)[ok0])
+            else:
+                ok1 = r0 + 1 < wh
+                np.add.at(avg, r0[ok1] + 1, (f1 * wz)[ok1])
+                np.add.at(wgh, r0[ok1] + 1, f1[ok1])
     return np.where(wgh > 0, avg / np.where(wgh > 0, wgh, 1), avg)
 
 
-def _half_radius(s):
+def _half_radius(s, z=None):
+    """|K| on the (s, s, s//2+1) half grid (all of it, or the plane ``z``)."""
     i = np.arange(s)
     wrapped = np.where(i >= s // 2, i - s, i).astype(float)
     x = np.arange(s // 2 + 1, dtype=float)
+    if z is not None:
+        return np.sqrt(wrapped[z] ** 2 + wrapped[:, None] ** 2 + x[None, :] ** 2)
     return np.sqrt(wrapped[:, None, None] ** 2 + wrapped[None, :, None] ** 2 + x[None, None, :] ** 2)
+
+
+def to_fourier(vol):
+    """Half spectrum of a real (s, s, s) volume with RELION's ``FFT::Both`` normalisation."""
+    return _rfft_both(vol)
 
 
 def ctf_correct_heuristic(vol, weight, fraction=0.001):
     """``ctfCorrect3D_heuristic``: divide by max(w, fraction·radial_avg(w)); zero beyond."""
-    s = vol.shape[0]
-    ft = _rfft_both(vol)
+    return ctf_divide_heuristic(_rfft_both(vol), weight, fraction)
+
+
+def ctf_divide_heuristic(ft, weight, fraction=0.001):
+    """:func:`ctf_correct_heuristic` from the spectrum ``ft`` (:func:`to_fourier`), which is
+    overwritten; returns the real-space volume."""
+    s = ft.shape[0]
     avg = radial_average_half_lin(weight)
-    r = _half_radius(s)
-    r0 = r.astype(np.int64)
-    r1 = r0 + 1
     n = len(avg)
-    beyond = r1 >= n
-    f = r - r0
-    a = f * avg[np.minimum(r1, n - 1)] + (1 - f) * avg[np.minimum(r0, n - 1)]
-    wg = np.maximum(weight, a * fraction)
-    div = np.where(wg > 0, wg, 1.0)
-    ft = np.where(beyond, 0, np.where(wg > 0, ft / div, ft))
-    return get_fft().irfftn(ft, s=vol.shape) * np.sqrt(float(s) ** 3)
+    for z in range(s):
+        r = _half_radius(s, z)
+        r0 = r.astype(np.int64)
+        r1 = r0 + 1
+        beyond = r1 >= n
+        f = r - r0
+        a = f * avg[np.minimum(r1, n - 1)] + (1 - f) * avg[np.minimum(r0, n - 1)]
+        wg = np.maximum(weight[z], a * fraction)
+        div = np.where(wg > 0, wg, 1.0)
+        ft[z] = np.where(beyond, 0, np.where(wg > 0, ft[z] / div, ft[z]))
+    return _irfft_both(ft, s)
 
 
 def ctf_correct_wiener(vol, weight, offset):
     """``ctfCorrect3D_Wiener``: F / (w + offset)."""
-    s = vol.shape[0]
-    ft = _rfft_both(vol) / (weight + offset)
-    return get_fft().irfftn(ft, s=vol.shape) * np.sqrt(float(s) ** 3)
+    return ctf_divide_wiener(_rfft_both(vol), weight, offset)
 
 
-def taper(vol, dist, subtract_mean=True):
+def ctf_divide_wiener(ft, weight, offset):
+    """:func:`ctf_correct_wiener` from the spectrum ``ft`` (overwritten)."""
+    s = ft.shape[0]
+    for z in range(s):
+        ft[z] /= weight[z] + offset
+    return _irfft_both(ft, s)
+
+
+def taper(vol, dist, subtract_mean=True, out=None):
     """``Reconstruction::taper``: raised-cosine edge of width ``dist`` inside radius s/2,
-    after subtracting the edge-weighted inner mean; zero outside."""
+    after subtracting the edge-weighted inner mean; zero outside.
+
+    ``out`` (may be ``vol`` itself) receives the result; beyond it one s³ array is used.
+    """
     s = vol.shape[0]
     m = s / 2.0
-    z, y, x = np.ogrid[:s, :s, :s]
-    r = np.sqrt((x - m) ** 2 + (y - m) ** 2 + (z - m) ** 2)
-    inside = r < m
-    with np.errstate(invalid="ignore", divide="ignore"):
-        c = np.where(r < m - dist, 1.0, 0.5 - 0.5 * np.cos(np.pi * (m - r) / dist))
-    c = np.where(inside, c, 0.0)
-    mean = (c * vol).sum() / c.sum() if subtract_mean else 0.0
-    return np.where(inside, c * (vol - mean), 0.0)
+
+    def edge(z):
+        r = _radius_plane(s, z, m)
+        inside = r < m
+        with np.errstate(invalid="ignore", divide="ignore"):
+            c = np.where(r < m - dist, 1.0, 0.5 - 0.5 * np.cos(np.pi * (m - r) / dist))
+        return np.where(inside, c, 0.0), inside
+
+    mean = 0.0
+    if subtract_mean:
+        c = np.empty(vol.shape)
+        for z in range(s):
+            c[z] = edge(z)[0]
+        c_sum = c.sum()
+        c *= vol
+        mean = c.sum() / c_sum
+        del c
+    if out is None:
+        out = np.empty(vol.shape, dtype=np.result_type(vol.dtype, np.float64))
+    for z in range(s):
+        c, inside = edge(z)
+        out[z] = np.where(inside, c * (vol[z] - mean), 0.0)
+    return out
 
 
 def half_to_full_centred(w):
     """``Centering::fftwHalfToHumanFull`` for a real half grid (z, y, x): full s³ volume
-    with the zero frequency at voxel s//2 (Nyquist-plane overwrite order as RELION's)."""
+    with the zero frequency at voxel s//2 (Nyquist-plane overwrite order as RELION's).
+
+    Built plane by plane straight into the centred volume (no full-size temporaries).
+    """
     d, h, wh = w.shape
     s = 2 * (wh - 1)
-    full = np.zeros((d, h, s), dtype=w.dtype)
-    full[:, :, :wh] = w
-    zi = (-np.arange(d)) % d
+    out = np.empty((d, h, s), dtype=w.dtype)
     yi = (-np.arange(h)) % h
     xs = np.arange(1, wh)
-    # mirrored writes: out(s-x, -y, -z) = w(x, y, z) for x > 0
-    mirrored = w[:, :, 1:]
-    full[zi[:, None, None], yi[None, :, None], (s - xs)[None, None, :]] = mirrored
-    # on the plane x = s/2 both writes land on the same voxels: RELION's loop (z outer, y
-    # inner) keeps whichever write came last
     x = s // 2
-    z, y = np.meshgrid(np.arange(d), np.arange(h), indexing="ij")
-    mz, my = zi[z], yi[y]
-    direct_later = (z > mz) | ((z == mz) & (y >= my))
-    plane = np.where(direct_later, w[z, y, x], w[mz, my, x])
-    full[z, y, x] = plane
-    return np.fft.fftshift(full, axes=(0, 1, 2))
+    y = np.arange(h)
+    for z in range(d):
+        mz = (-z) % d
+        full = np.empty((h, s), dtype=w.dtype)
+        full[:, :wh] = w[z]
+        # mirrored writes: out(s-x, -y, -z) = w(x, y, z) for x > 0; plane z receives them
+        # from plane -z
+        full[yi[:, None], (s - xs)[None, :]] = w[mz][:, 1:]
+        # on the plane x = s/2 both writes land on the same voxels: RELION's loop (z outer,
+        # y inner) keeps whichever write came last
+        direct_later = (z > mz) | ((z == mz) & (y >= yi))
+        full[:, x] = np.where(direct_later, w[z, :, x], w[mz, yi, x])
+        out[(z + d // 2) % d] = np.fft.fftshift(full, axes=(0, 1))
+    return out

@@ -7,7 +7,11 @@ slice into 3D half-grid sums of its half set with RELION's gather back-projectio
 sums are then symmetrised, gridding-corrected and CTF-corrected (heuristic or Wiener).
 
 The heavy state is :class:`HalfSums` (two complex data and two real weight half grids in
-double precision); it is what MPI ranks reduce.
+double precision); it is what MPI ranks reduce.  Memory: a particle is processed
+:data:`TILT_GROUP` tilts at a time and its slices are added to the sums in bounded batches
+(:func:`max_entries`); :func:`finalise_outputs` hands out one output volume at a time and
+works in place on the sums, so its memory beyond them is a few s³ volumes
+(see :mod:`sta.parallel.memory`).
 """
 
 import dataclasses
@@ -16,14 +20,24 @@ import logging
 import numpy as np
 
 from sta.errors import InputError
-from sta.kernels.backproject import HalfGrid, backproject_slices_gather, symmetrise_half
+from sta.kernels.backproject import HalfGrid, SliceAccumulator, symmetrise_half
 from sta.kernels.extract import extract_fourier
-from sta.kernels.reconstruct import (ctf_correct_heuristic, ctf_correct_wiener, gridding_correct_sinc2,
-                                     half_to_full_centred, taper)
+from sta.kernels.reconstruct import (ctf_divide_heuristic, ctf_divide_wiener, gridding_correct_sinc2,
+                                     half_to_full_centred, taper, to_fourier)
 from sta.geometry.tilt import visible as visible_mask
 from sta.workflows.tilt_data import ParticleGeometry
 
 log = logging.getLogger(__name__)
+
+#: tilts extracted, CTF-weighted and gathered together (bounds the per-particle memory)
+TILT_GROUP = 4
+
+
+def max_entries(box):
+    """Gathered voxel entries held before they are added to the sums: s²·(s//2+1)/5, so that
+    the entries (40 bytes each) cost about as much as one real half grid.  A function of the
+    box only, so the sums do not depend on --j_out, --mem or the number of ranks."""
+    return max(box * box * (box // 2 + 1) // 5, 4096)
 
 
 @dataclasses.dataclass
@@ -81,7 +95,11 @@ def half_index(particles, indices):
 
 
 def backproject_particles(tilt, particles, indices, params, sums, trajectories=None, grid=None):
-    """Insert the particles ``indices`` (all on ``tilt``) into ``sums``; returns the count."""
+    """Insert the particles ``indices`` (all on ``tilt``) into ``sums``; returns the count.
+
+    Tilts are processed :data:`TILT_GROUP` at a time; the gathered slices are added in
+    batches of at most :func:`max_entries` voxel entries.
+    """
     s, s0, b = params.box, params.box0, params.binning
     grid = grid or HalfGrid(s)
     geo = ParticleGeometry(particles, indices, tilt, apply_offsets=True)
@@ -90,24 +108,33 @@ def backproject_particles(tilt, particles, indices, params, sums, trajectories=N
     dose = tilt.dose_weights(s, b)
     xr = dose_x_ranges(dose, params.cutoff_fract)
     mats = geo.matrices
+    n_tilts = tilt.n_tilts
     for k in range(len(indices)):
         q = tilt.project(traj[k])[0]  # (f, 3)
         vis = visible_mask(q[:, :2], tilt.image_size, s / 2.0)
         if not vis.any():
             continue
-        spec = extract_fourier(tilt.images, q[:, :2], vis, s0, b, params.circle_crop)
-        if params.do_ctf:
-            c = tilt.ctf(s, b, geo.positions[k]) * dose
-            keep = np.arange(s // 2 + 1)[None, None, :] < xr[:, :, None]
-            spec = np.where(keep, -c * spec, 0)
-            weight = np.where(keep, c * c, 0.0)
-        else:
-            spec = -spec
-            weight = np.ones(spec.shape)
+        ctf = tilt.ctf(s, b, geo.positions[k]) * dose if params.do_ctf else None
         h = halves[k]
-        fs = np.flatnonzero(vis)
-        backproject_slices_gather(grid, spec[fs], weight[fs], tilt.proj[fs, :3, :3] @ mats[k], xr[fs, 0],
-                                  sums.data[h], sums.weight[h])
+        acc = SliceAccumulator(grid, sums.data[h], sums.weight[h], max_entries(s))
+        for start in range(0, n_tilts, TILT_GROUP):
+            group = slice(start, min(start + TILT_GROUP, n_tilts))
+            fs = np.flatnonzero(vis[group])
+            if not len(fs):
+                continue
+            spec = extract_fourier(tilt.images[group], q[group, :2], vis[group], s0, b, params.circle_crop)
+            if params.do_ctf:
+                c = ctf[group]
+                keep = np.arange(s // 2 + 1)[None, None, :] < xr[group][:, :, None]
+                spec = np.where(keep, -c * spec, 0)
+                weight = np.where(keep, c * c, 0.0)
+            else:
+                spec = -spec
+                weight = np.ones(spec.shape)
+            rows = start + fs
+            acc.add(spec[fs], weight[fs], tilt.proj[rows, :3, :3] @ mats[k], xr[rows, 0])
+            del spec, weight
+        acc.flush()
     return len(indices)
 
 
@@ -135,39 +162,77 @@ class Reconstruction:
     weights: dict       # tag -> weights as a centred full volume
 
 
-def finalise(sums, params, has_halves):
-    """Symmetrise, reconstruct and taper both halves and the merged map (spec §5.2 steps 5-7)."""
+def finalise_outputs(sums, params, has_halves):
+    """Symmetrise, reconstruct and taper both halves and the merged map (spec §5.2 steps 5-7),
+    one output volume at a time.
+
+    Yields ``(kind, tag, volume)`` with kind ``"data"`` (gridding-corrected data before the
+    CTF division), ``"weight"`` (weights as a centred full volume), ``"full"`` (the
+    corrected map before cropping, only with ``params.crop``) and ``"map"``; tags
+    ``half1``, ``half2``, ``merged`` (only ``merged`` without halves).  Real-space volumes
+    are (z, y, x) float64.  Drop each volume before asking for the next one to keep the
+    memory at :func:`sta.parallel.memory.finalise_bytes`.
+
+    ``sums`` is used as work space: afterwards it holds the symmetrised sums, with the
+    merged data in half 1 and the merged weights in half 2.
+    """
     s = params.box
     shape = sums.shape
-    data = [sums.data[h].reshape(shape) for h in range(2)]
-    weight = [sums.weight[h].reshape(shape) for h in range(2)]
+    n_halves = 2 if has_halves else 1
     if params.symmetry.upper() != "C1":
         from sta.geometry.symmetry import parse_symmetry
 
         ops = parse_symmetry(params.symmetry).matrices[1:]
-        for h in range(2 if has_halves else 1):
-            data[h] = symmetrise_half(data[h], ops, True)
-            weight[h] = symmetrise_half(weight[h], ops, False)
-    out = Reconstruction({}, {}, {}, {})
-    jobs = []
+        for h in range(n_halves):
+            sums.data[h] = symmetrise_half(sums.data[h].reshape(shape), ops, True).ravel()
+            sums.weight[h] = symmetrise_half(sums.weight[h].reshape(shape), ops, False).ravel()
+    data = [sums.data[h].reshape(shape) for h in range(2)]
+    weight = [sums.weight[h].reshape(shape) for h in range(2)]
     if has_halves:
-        jobs += [("half1", data[0], weight[0], weight[0]), ("half2", data[1], weight[1], weight[1])]
-        jobs.append(("merged", data[0] + data[1], weight[0] + weight[1], weight[0]))
+        jobs = [("half1", 0), ("half2", 1), ("merged", None)]
     else:
-        jobs.append(("merged", data[0], weight[0], weight[0]))
-    for tag, d, w, w_out in jobs:
+        jobs = [("merged", 0)]
+    for tag, h in jobs:
+        if h is None:  # merged = half 1 + half 2, summed in place; [QUIRK §13.5] it keeps half-1 weights
+            data[0] += data[1]
+            weight[1] += weight[0]
+            d, w, w_out = data[0], weight[1], weight[0]
+        else:
+            d, w, w_out = data[h], weight[h], weight[h]
+        yield "weight", tag, half_to_full_centred(w_out)
         rs = gridding_correct_sinc2(d, s)
-        if params.snr > 0:
-            corr = ctf_correct_wiener(rs, w, 1.0 / params.snr)
-        else:
-            corr = ctf_correct_heuristic(rs, w, 0.001)
-        out.data[tag] = rs
-        out.weights[tag] = half_to_full_centred(w_out)  # [QUIRK §13.5] merged holds half-1 weights
+        yield "data", tag, rs
+        ft = to_fourier(rs)
+        del rs
+        corr = ctf_divide_wiener(ft, w, 1.0 / params.snr) if params.snr > 0 else ctf_divide_heuristic(ft, w, 0.001)
+        del ft
         if 0 < params.crop < s:
-            out.full[tag] = corr
+            yield "full", tag, corr
             m = (s - params.crop) // 2
-            cropped = corr[m:m + params.crop, m:m + params.crop, m:m + params.crop]
-            out.maps[tag] = taper(cropped, params.taper)
+            cropped = corr[m:m + params.crop, m:m + params.crop, m:m + params.crop].copy()
+            del corr
+            yield "map", tag, taper(cropped, params.taper, out=cropped)
         else:
-            out.maps[tag] = taper(corr, params.taper)
+            yield "map", tag, taper(corr, params.taper, out=corr)
+            del corr
+
+
+def finalise(sums, params, has_halves):
+    """All outputs of :func:`finalise_outputs` at once, as a :class:`Reconstruction`
+    (holds every volume: prefer :func:`finalise_outputs` for large boxes)."""
+    out = Reconstruction({}, {}, {}, {})
+    where = {"data": out.data, "weight": out.weights, "full": out.full, "map": out.maps}
+    for kind, tag, vol in finalise_outputs(sums, params, has_halves):
+        where[kind][tag] = vol
     return out
+
+
+def tilt_series_shape(ts):
+    """``(n_tilts, height, width, single_stack)`` of a tilt series from its MRC headers (no
+    image data is read); ``single_stack``: all tilts are sections of one file."""
+    from sta.io.mrc import read_header
+
+    entries = ts.micrograph_entries()
+    shape, _, _ = read_header(entries[0][0])
+    single = len({p for p, _ in entries}) == 1 and all(sec is not None for _, sec in entries)
+    return ts.n_tilts, shape[1], shape[2], single
