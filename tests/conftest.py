@@ -53,6 +53,16 @@ def one_error_line(capsys):
     return err[0]
 
 
+def run_in(directory, fn, argv):
+    """``fn(argv)`` with ``directory`` as the working directory (a tool's ``main`` run in a project)."""
+    cwd = os.getcwd()
+    os.chdir(directory)
+    try:
+        return fn(argv)
+    finally:
+        os.chdir(cwd)
+
+
 @pytest.fixture
 def chdir_tmp(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

@@ -22,6 +22,7 @@ import pytest
 from sta.commands import mask_create, postprocess, reconstruct_particle, refine, star_handler, subtomo
 from sta.io.mrc import write_mrc
 from sta.io.star import read_star, write_star
+from tests.conftest import run_in
 
 TOOLS = {
     "subtomo": subtomo.main,
@@ -54,15 +55,6 @@ BASE = {
 }
 
 
-def _in(directory, fn, argv):
-    cwd = os.getcwd()
-    os.chdir(directory)
-    try:
-        return fn(argv)
-    finally:
-        os.chdir(cwd)
-
-
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     """The tiny project: simulated, 2D stacks extracted (Extract/), reconstructed (Reconstruct/,
@@ -73,9 +65,9 @@ def project(tmp_path_factory):
     p = SimulationParameters(n_tomograms=1, particles_per_tomogram=6, image_size=(160, 160),
                              tomo_size=(180, 180, 60), tilt_step=15.0, snr=1.0, seed=5)
     simulate_project(p, str(root))
-    assert _in(root, subtomo.main, _argv("subtomo", {"--o": "Extract/"})) == 0
-    assert _in(root, reconstruct_particle.main, _argv("reconstruct", {"--o": "Reconstruct/"})) == 0
-    assert _in(root, mask_create.main, _argv("mask_create", {"--o": "MaskCreate/mask.mrc"})) == 0
+    assert run_in(root, subtomo.main, _argv("subtomo", {"--o": "Extract/"})) == 0
+    assert run_in(root, reconstruct_particle.main, _argv("reconstruct", {"--o": "Reconstruct/"})) == 0
+    assert run_in(root, mask_create.main, _argv("mask_create", {"--o": "MaskCreate/mask.mrc"})) == 0
     return root
 
 
@@ -441,7 +433,7 @@ def _run_tool(tool, argv, workdir):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")  # as on the command line: printed, not raised
         try:
-            code = _in(workdir, TOOLS[tool], argv)
+            code = run_in(workdir, TOOLS[tool], argv)
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     return code, [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
@@ -456,7 +448,7 @@ def test_bad_input(tool, argv_edit, mutate, needles, project, tmp_path, capsys):
     work = tmp_path / "project"
     shutil.copytree(project, work)
     if mutate is not None:
-        _in(work, lambda _: mutate(), None)
+        run_in(work, lambda _: mutate(), None)
     argv = _argv(tool, argv_edit)
     before = snapshot(work)
     capsys.readouterr()

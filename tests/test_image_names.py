@@ -14,7 +14,7 @@ from sta.commands import reconstruct_particle, refine, subtomo
 from sta.errors import InputError
 from sta.io.image_name import image_file, map_file, parse_image_name
 from sta.io.star import read_star, write_star
-from tests.conftest import one_error_line
+from tests.conftest import one_error_line, run_in
 
 
 @pytest.mark.parametrize("name,path,section,ftype", [
@@ -84,15 +84,6 @@ def projects(tmp_path_factory):
     return plain, scipion
 
 
-def _in(directory, fn, argv):
-    cwd = os.getcwd()
-    os.chdir(directory)
-    try:
-        return fn(argv)
-    finally:
-        os.chdir(cwd)
-
-
 def _same_file_data(a, b):
     da, db = mrcfile.read(a), mrcfile.read(b)
     assert da.shape == db.shape and np.array_equal(da, db), (a, b)
@@ -103,9 +94,9 @@ def test_scipion_names_give_identical_outputs(projects):
     (and ``:mrcs`` particle stacks, ``:mrc`` reference) give bit-identical maps and stacks."""
     plain, scipion = projects
     for root in (plain, scipion):
-        assert _in(root, subtomo.main, ["--i", "optimisation_set_perturbed.star", "--b", "24", "--bin", "2",
+        assert run_in(root, subtomo.main, ["--i", "optimisation_set_perturbed.star", "--b", "24", "--bin", "2",
                                         "--stack2d", "--o", "Extract/", "--j", "1"]) == 0
-        assert _in(root, reconstruct_particle.main, ["--i", "optimisation_set_perturbed.star", "--b", "24",
+        assert run_in(root, reconstruct_particle.main, ["--i", "optimisation_set_perturbed.star", "--b", "24",
                                                      "--bin", "2", "--o", "Reconstruct/", "--j", "1"]) == 0
     stacks = sorted(p.relative_to(plain) for p in plain.glob("Extract/Subtomograms/*/*_stack2d.mrcs"))
     assert len(stacks) == 8
@@ -120,9 +111,9 @@ def test_scipion_names_give_identical_outputs(projects):
     common = ["--auto_refine", "--split_random_halves", "--tomograms", "tomograms.star", "--ini_high", "30",
               "--ctf", "--particle_diameter", "150", "--healpix_order", "2", "--offset_range", "2",
               "--offset_step", "1", "--sym", "C6", "--random_seed", "1", "--iter", "2", "--j", "1"]
-    assert _in(plain, refine.main, ["--o", "Refine3D/run", "--i", "Extract/particles.star",
+    assert run_in(plain, refine.main, ["--o", "Refine3D/run", "--i", "Extract/particles.star",
                                     "--ref", "Reconstruct/merged.mrc"] + common) == 0
-    assert _in(scipion, refine.main, ["--o", "Refine3D/run", "--i", "Extract/particles_scipion.star",
+    assert run_in(scipion, refine.main, ["--o", "Refine3D/run", "--i", "Extract/particles_scipion.star",
                                       "--ref", "Reconstruct/merged.mrc:mrc"] + common) == 0
     for name in ("run_class001.mrc", "run_half1_class001_unfil.mrc", "run_half2_class001_unfil.mrc"):
         _same_file_data(plain / "Refine3D" / name, scipion / "Refine3D" / name)
@@ -139,7 +130,7 @@ def test_bad_scipion_names_give_one_line(projects, capsys):
             table = next(t for t in star.values() if t.loop)
             table.df.loc[0, "rlnMicrographName"] = table.df.loc[0, "rlnMicrographName"].replace(bad, text)
             write_star(star_path, star)
-            assert _in(scipion, subtomo.main, ["--i", "optimisation_set_perturbed.star", "--b", "24", "--bin", "2",
+            assert run_in(scipion, subtomo.main, ["--i", "optimisation_set_perturbed.star", "--b", "24", "--bin", "2",
                                                "--stack2d", "--o", "Bad/", "--j", "1"]) == 1
             line = one_error_line(capsys)
             assert star_path.name in line
