@@ -21,16 +21,6 @@ from sta.commands import _cli
 MARKER = b"sta.commands._missing"
 
 
-def _control_dir(argv):
-    """The value of ``--pipeline_control DIR`` or ``--pipeline_control=DIR`` in ``argv``."""
-    for k, arg in enumerate(argv):
-        if arg == "--pipeline_control" and k + 1 < len(argv):
-            return argv[k + 1]
-        if arg.startswith("--pipeline_control="):
-            return arg.split("=", 1)[1]
-    return None
-
-
 def relion_program(name):
     """The first executable ``name`` on PATH that is not an sta alias (RELION's own), or None."""
     for directory in os.environ.get("PATH", "").split(os.pathsep):
@@ -67,7 +57,7 @@ def main(argv=None):
     if launched_rank() > 0:
         time.sleep(1.0)  # a failing rank makes the launcher kill the others: let rank 0 speak first
         return 1
-    control = _control_dir(rest)
+    control = _cli.pipeline_control_in(rest)
     if control:
         os.makedirs(control, exist_ok=True)
         with open(_cli.pipeline_file(control, _cli.EXIT_FAILURE_FILE), "w"):
