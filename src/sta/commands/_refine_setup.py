@@ -55,16 +55,16 @@ def _references(args, box, pixel_size):
 
 def build_refinement(args, comm, argv, resume=None):
     """Read inputs and return ``(AutoRefinement, RefineWriter)``; ``resume`` is a
-    :class:`~sta.workflows.refine_checkpoint.Checkpoint` for ``--continue``."""
+    :class:`~sta.workflows.refine.checkpoint.Checkpoint` for ``--continue``."""
     import shlex
 
     from sta.io.particles import ParticleSet
     from sta.io.tomograms import TomogramSet
     from sta.io.trajectories import TrajectorySet
-    from sta.workflows.refine import RefineParams
-    from sta.workflows.refine_data import is_volume_set, load_stack_particles, load_subtomo_particles
-    from sta.workflows.refine_output import RefineWriter
-    from sta.workflows.refine_run import AutoRefinement
+    from sta.workflows.refine.engine import RefineParams
+    from sta.workflows.refine.data import is_volume_set, load_stack_particles, load_subtomo_particles
+    from sta.workflows.refine.files import RefineWriter
+    from sta.workflows.refine.loop import AutoRefinement
 
     ios, particles_file, tomograms_file, trajectories_file = _inputs(args)
     tomograms = TomogramSet.read(tomograms_file) if tomograms_file else None
@@ -118,7 +118,7 @@ def build_refinement(args, comm, argv, resume=None):
         log.warning(" WARNING: --solvent_correct_fsc has no effect without --solvent_mask (as in RELION)")
     if not args.ctf:
         log.warning(" WARNING: --ctf not given: the CTF of the (premultiplied) stacks is ignored, as in RELION")
-    from sta.workflows.refine_images import ImageStore
+    from sta.parallel.image_store import ImageStore
 
     images = ImageStore(sps, particles.resolve, comm, preread=args.preread_images, scratch_dir=args.scratch_dir,
                         keep_free_gb=args.keep_free_scratch, reuse=args.reuse_scratch, keep=args.keep_scratch)

@@ -159,7 +159,7 @@ def _check_flags(args):
 
 def _continued(args, argv):
     """``--continue``: the original run's arguments, overridden by the ones given now."""
-    from sta.workflows.refine_checkpoint import load
+    from sta.workflows.refine.checkpoint import load
 
     ck = load(args.continue_from)
     given = []
@@ -197,7 +197,7 @@ def _gpu_policy():
 
 def _body(args, comm, argv):
     from sta.backend import set_fft_threads
-    from sta.workflows.refine_parallel import check_ranks
+    from sta.parallel.refine import check_ranks
 
     if args.print_symmetry_ops:
         _print_symmetry(args.sym)

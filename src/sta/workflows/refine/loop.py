@@ -22,8 +22,8 @@ from sta.kernels import likelihood as lk
 from sta.kernels.filters import lowpass_map
 from sta.kernels.fsc import resolution_shell
 from sta.parallel.progress import Progress
-from sta.workflows.refine import HalfModel, RefineEngine, initial_sigma2
-from sta.workflows.refine_schedule import AutoRefine, Sampling, coarse_image_size, current_image_size
+from sta.workflows.refine.engine import HalfModel, RefineEngine, initial_sigma2
+from sta.workflows.refine.schedule import AutoRefine, Sampling, coarse_image_size, current_image_size
 
 log = logging.getLogger("sta.refine")
 
@@ -86,7 +86,7 @@ class AutoRefinement:
 
         self.comm = comm if comm is not None else SerialComm()
         if images is None:
-            from sta.workflows.refine_images import ImageStore
+            from sta.parallel.image_store import ImageStore
 
             images = ImageStore(stack_particles, particles.resolve, self.comm)
         self.images = images
@@ -119,7 +119,7 @@ class AutoRefinement:
         self.final = False
         self.timings = {"expectation": 0.0, "maximisation": 0.0, "writing": 0.0}
         if resume is not None:
-            from sta.workflows.refine_checkpoint import restore
+            from sta.workflows.refine.checkpoint import restore
 
             restore(self, resume)
             self._decide_final()
@@ -222,7 +222,7 @@ class AutoRefinement:
 
     # ------------------------------------------------------------------ loop
     def run(self):
-        from sta.workflows.refine_parallel import broadcast_model
+        from sta.parallel.refine import broadcast_model
 
         t0 = time.time()
         leader = self.comm.Get_rank() == 0
@@ -282,7 +282,7 @@ class AutoRefinement:
         self.sampling.set_orientations(self.samp.healpix_order)
         self.sampling.set_translations(self.samp.offset_range, self.samp.offset_step)
         self.sampling.perturb(self.rng)
-        from sta.workflows.refine_parallel import expectation_all
+        from sta.parallel.refine import expectation_all
 
         sums = expectation_all(self)
         self.timings["expectation"] += time.time() - t0

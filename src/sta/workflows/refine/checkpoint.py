@@ -88,7 +88,7 @@ def load(optimiser_star):
 
 def restore(run, ck):
     """Put ``run`` (freshly built from the original arguments) into the checkpointed state."""
-    from sta.workflows.refine_schedule import AutoRefine, Sampling
+    from sta.workflows.refine.schedule import AutoRefine, Sampling
 
     meta, arrays = ck.meta, ck.arrays
     if meta["n_particles"] != run.particles.n or meta["ori"] != run.ori or meta["groups"] != list(run.groups):

@@ -41,7 +41,7 @@ def _mem_available():
 
 
 class ImageStore:
-    """Images of the refinement's particles, by :class:`~sta.workflows.refine_data.StackParticle`."""
+    """Images of the refinement's particles, by :class:`~sta.workflows.refine.data.StackParticle`."""
 
     def __init__(self, sps, resolve, comm, preread=False, scratch_dir="", keep_free_gb=10.0, reuse=False,
                  keep=False):

@@ -1,4 +1,4 @@
-"""Writes relion_refine's output files for an :class:`~sta.workflows.refine_run.AutoRefinement`
+"""Writes relion_refine's output files for an :class:`~sta.workflows.refine.loop.AutoRefinement`
 (spec §6.9): per iteration ``<root>_itNNN_*`` and at the end ``<root>_*``."""
 
 import os
@@ -55,7 +55,7 @@ class RefineWriter:
         self._optimiser(run, pre)
         self._optimisation_set(f"{pre}_optimisation_set.star", f"{pre}_data.star")
         if not run.final:
-            from sta.workflows.refine_checkpoint import save
+            from sta.workflows.refine.checkpoint import save
 
             save(run, f"{pre}_sta_state.npz", self.argv)
 
