@@ -103,7 +103,7 @@ def evaluate(out, rdir, text, wall, args):
     from sta.io.star import read_star
     from sta.simulate.bound import project_bound
     from sta.simulate.evaluate import crossing_resolution, fsc_against_truth, pose_error_report, pose_errors
-    from sta.workflows.refine_schedule import healpix_step
+    from sta.workflows.refine.schedule import healpix_step
 
     n = args.tomograms * args.particles
     iters = len(re.findall(r"Auto-refine: Iteration=", text))

@@ -13,7 +13,7 @@ from sta.kernels.likelihood import (
     SliceSampler, noise_maps, noise_sums, plane_frequencies, prepare_particle, resolution_index,
     squared_differences, translation_phases, weights_from_diff2, window_frequencies)
 from sta.kernels.projector import FourierProjector, trilinear_half_complex
-from sta.workflows.refine_data import SubtomoParticle
+from sta.workflows.refine.data import SubtomoParticle
 from tests.test_likelihood import blob_map
 
 N = 24

@@ -359,7 +359,7 @@ def test_prior_angle_columns():
 
     import pandas as pd
 
-    from sta.workflows.refine_run import AutoRefinement
+    from sta.workflows.refine.loop import AutoRefinement
 
     df = pd.DataFrame({"rlnAngleTiltPrior": [90.0, 999.0, 45.0], "rlnAnglePsiPrior": [999.0, 10.0, -5.0]})
     got = AutoRefinement._prior_angles(SimpleNamespace(particles=SimpleNamespace(df=df, n=3)))
