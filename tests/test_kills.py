@@ -81,8 +81,13 @@ def _check_no_mixed_outputs(tool, job):
         assert "run_class001.mrc" not in outputs
 
 
-@pytest.mark.parametrize("point", ["start", "batch", "end"])
-@pytest.mark.parametrize("tool", ["subtomo", "reconstruct_particle", "refine"])
+#: every kill point of the shared batch loop (sta.parallel.batches) once on a per-tomogram tool, "end"
+#: (before the results are written / reduced) on both, and all three on sta_refine, whose loop is its own
+KILLS = [("subtomo", "start"), ("reconstruct_particle", "batch"), ("subtomo", "end"), ("reconstruct_particle", "end"),
+         ("refine", "start"), ("refine", "batch"), ("refine", "end")]
+
+
+@pytest.mark.parametrize("tool,point", KILLS)
 def test_killed_follower(project, tool, point, tmp_path):
     """Rank 2 is SIGKILLed before its first batch, after it, or after its last one (refine
     also while the leader writes): failure file, rank named, no mixed outputs."""

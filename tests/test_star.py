@@ -241,7 +241,6 @@ def test_missing_file(tmp_path):
     ("# just a comment\n\n", "no data_ block"),
     ("_rlnX 1\ndata_a\n", r"line 1: label _rlnX outside any data_ block"),
     ("data_a\nloop_\n_rlnX #1\n_rlnY #2\n1 2\n3\n", r"data_a, line 6: expected 2 values"),
-    ("data_a\nloop_\n_rlnX #1\n_rlnY #2\n", r"data_a, line 4: file ends inside the loop header"),
     ("data_a\nloop_\n_rlnVoltage #1\n300\nabc\n",
      r"line 5: column rlnVoltage: expected a number, found 'abc'"),
     ('data_a\nloop_\n_rlnImageName #1\n"open\n', r"line 4: unterminated quote"),
@@ -253,6 +252,13 @@ def test_format_errors(tmp_path, text, pattern):
         read_star(path)
     assert str(info.value).startswith(path)
     assert "\n" not in str(info.value)
+
+
+def test_empty_loop_at_end_of_file_is_an_empty_table(tmp_path):
+    """RELION writes a loop with labels and no rows for an empty selection and reads it back."""
+    path = _write(tmp_path, "data_optics\nloop_\n_rlnOpticsGroup #1\n1\n\ndata_particles\nloop_\n_rlnX #1\n_rlnY #2\n")
+    df = read_star(path)["particles"].df
+    assert list(df.columns) == ["rlnX", "rlnY"] and len(df) == 0
 
 
 def test_lenient_mode_drops_bad_rows(tmp_path, caplog):

@@ -438,8 +438,8 @@ class _Parser:
         if not labels:
             self._fail("loop_ without labels", self.start_line)
             return
-        if not self.rows and eof:
-            self._fail("file ends inside the loop header (labels but no rows)", self.linenos[-1])
+        # a loop with labels and no rows is an empty table, also at the end of the file: RELION
+        # writes one for an empty selection (relion_star_handler, an empty class) and reads it back
         self._check_duplicate_labels(labels)
         token_rows, linenos = self._tokenize_rows(len(labels))
         columns = list(zip(*token_rows)) if token_rows else [() for _ in labels]
