@@ -161,6 +161,12 @@ def test_output_that_is_a_file(tiny_star, capsys):
     assert reconstruct_particle.main(["--i", "optimisation_set.star", "--b", "8", "--o", "taken"]) == 1
     assert one_error_line(capsys) == "ERROR: --o taken: exists and is not a directory"
 
+    def body(args):  # a folder made under --o that is a file (sta_subtomo's taken/Subtomograms)
+        os.makedirs("taken/Subtomograms")
+
+    assert _cli.run("sta_test", _cli.make_parser("sta_test", ""), body, []) == 1
+    assert one_error_line(capsys) == "ERROR: cannot use taken/Subtomograms: taken is a file, not a folder"
+
 
 def test_disk_full_names_the_file(tiny_star, capsys, monkeypatch):
     real_open = builtins.open

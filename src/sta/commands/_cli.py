@@ -188,6 +188,10 @@ def os_error_message(exc, prog):
     if name is None:
         return f"{prog} failed: {reason} (run with --verbose for the traceback)"
     name = text(name)
+    if exc.errno == errno.ENOTDIR:  # name the part of the path that is a file where a folder must be
+        blocker = _file_in_path(name)
+        if blocker is not None:
+            return f"cannot use {name}: {blocker} is a file, not a folder"
     if exc.errno in _WRITE_ERRNOS:
         return f"cannot write {name}: {reason}"
     if isinstance(exc, FileExistsError):
@@ -195,6 +199,16 @@ def os_error_message(exc, prog):
     if exc.filename2 is not None:
         return f"{name} -> {text(exc.filename2)}: {reason}"
     return f"{name}: {reason}"
+
+
+def _file_in_path(path):
+    """The first leading part of ``path`` that exists and is not a folder, or None."""
+    parts = os.path.normpath(path).split(os.sep)
+    for i in range(1, len(parts)):
+        head = os.sep.join(parts[:i]) or os.sep
+        if os.path.exists(head) and not os.path.isdir(head):
+            return head
+    return None
 
 
 def check_abort(control_dir):
