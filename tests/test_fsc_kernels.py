@@ -14,6 +14,7 @@ import pytest
 
 from sta.kernels import filters
 from sta.kernels import fsc as fsck
+from sta.kernels.grid import freq_squared, shell_index
 
 
 def _relion_fsc_loops(m1, m2):
@@ -39,13 +40,14 @@ def _relion_fsc_loops(m1, m2):
     return num / np.sqrt(d1 * d2)
 
 
-def test_fsc_equals_relion_loop_definition():
+@pytest.mark.parametrize("box", [12, 11])
+def test_fsc_equals_relion_loop_definition(box):
     rng = np.random.default_rng(3)
-    a = rng.normal(size=(12, 12, 12))
+    a = rng.normal(size=(box, box, box))
     b = a + rng.normal(size=a.shape)
     ours = fsck.fsc(a, b)
     ref = _relion_fsc_loops(a, b)
-    assert ours.shape == (7,)
+    assert ours.shape == (box // 2 + 1,)
     np.testing.assert_allclose(ours, ref, atol=1e-12)
 
 
@@ -57,13 +59,6 @@ def test_fsc_identity_scale_and_noise():
     # shells 3.. hold > 100 components each: |FSC| ~ 1/sqrt(n) << 0.3
     assert np.abs(independent[3:]).max() < 0.3
     assert abs(independent[3:].mean()) < 0.05
-
-
-def test_shell_index_is_rounded_radius():
-    idx = fsck.shell_index((8, 8, 8))
-    assert idx.shape == (8, 8, 5)
-    assert idx[0, 0, 0] == 0 and idx[0, 0, 4] == 4 and idx[4, 0, 0] == 4 and idx[1, 1, 1] == 2  # sqrt(3) -> 2
-    assert idx[7, 0, 0] == 1  # wrapped frequency -1
 
 
 GLIBC_SRAND1 = [1804289383, 846930886, 1681692777, 1714636915, 1957747793]
@@ -106,7 +101,7 @@ def test_randomize_phases_keeps_amplitudes_and_low_shells():
     vol = rng.normal(size=(16, 16, 16))
     out = fsck.randomize_phases_beyond(vol, 4, fsck.RelionRandom(0))
     f_in, f_out = np.fft.rfftn(vol), np.fft.rfftn(out)
-    r2 = fsck.freq_squared(vol.shape)
+    r2 = freq_squared(vol.shape)
     low = r2 < 16
     np.testing.assert_allclose(f_out[low], f_in[low], atol=1e-9)
     # amplitudes are kept except on the self-conjugate planes, where the real transform
@@ -138,8 +133,8 @@ def test_curve_helpers():
 def test_lowpass_bfactor_and_fsc_weights():
     box, angpix = 32, 2.0
     spec = np.ones((box, box, box // 2 + 1), dtype=complex)
-    idx = fsck.shell_index((box, box, box))
-    r = np.sqrt(fsck.freq_squared((box, box, box)))
+    idx = shell_index((box, box, box))
+    r = np.sqrt(freq_squared((box, box, box)))
     filters.lowpass_spectrum(spec, box, 8.0, angpix)  # shell 8, edge 7..9
     assert np.all(spec[r <= 7].real == 1) and np.all(spec[r > 9] == 0)
     assert spec[0, 0, 8].real == pytest.approx(0.5)
@@ -163,7 +158,7 @@ def test_mtf_division_constant_mtf():
     spec = np.ones((box, box, box // 2 + 1), dtype=complex)
     res = np.linspace(0, 0.5, 11) / angpix
     filters.mtf_divide_spectrum(spec, box, angpix, res, np.full(11, 0.5))
-    s = np.sqrt(fsck.freq_squared((box, box, box))) / (box * angpix)
+    s = np.sqrt(freq_squared((box, box, box))) / (box * angpix)
     assert np.allclose(spec[s < 0.5], 2.0) and np.allclose(spec[s >= 0.5], 1.0)
 
 
@@ -213,6 +208,10 @@ def test_raised_masks():
     m = filters.raised_cosine_sphere((16, 16, 16), 3, 6, (0, 0, 2))
     assert m[8, 8, 10] == 1 and m[8, 8, 0] == 0
     assert m[8, 8, 10 + 4] == pytest.approx(0.5 - 0.5 * math.cos(math.pi * 2 / 3))
+    hard = filters.raised_cosine_sphere((9, 9, 9), 3, 3)  # no edge: 0/0 in RELION's formula
+    d = np.sqrt(((np.indices((9, 9, 9)) - 4) ** 2).sum(axis=0))
+    np.testing.assert_array_equal(hard, (d < 3).astype(float))
+    assert hard[4, 4, 4 + 2] == 1 and hard[4, 4, 4 + 3] == 0
     c = filters.raised_crown((16, 16, 16), 2, 5, 2)
     assert c[8, 8, 8] == 0 and c[8, 8, 12] == 1 and c[8, 8, 8 + 6] == pytest.approx(0.5) and c[8, 8, 15] == 0
     amp, count = filters.radial_mean_amplitude(np.ones((8, 8, 5), complex) * 2)

@@ -1,17 +1,14 @@
 """Fourier-space insertion and symmetrisation on FFTW half grids (RELION jaz conventions).
 
-3D half grids have shape (s, s, s//2+1) indexed (z, y, x) with y, z wrapped; 2D half
-spectra have shape (s, s//2+1) indexed (y, x).
+3D half grids have shape (s, s, s//2+1) indexed (z, y, x) with y, z wrapped (Nyquist
+negative, :func:`sta.kernels.grid.fft_freqs`); 2D half spectra have shape (s, s//2+1)
+indexed (y, x).
 """
 
 import numpy as np
 
 from sta.backend import get_array_module
-
-
-def _wrapped(n):
-    i = np.arange(n)
-    return np.where(i < n // 2, i, i - n).astype(float)
+from sta.kernels.grid import fft_freqs
 
 
 class HalfGrid:
@@ -26,7 +23,7 @@ class HalfGrid:
         self.s = s
         sh = s // 2 + 1
         self.shape = (s, s, sh)
-        w = _wrapped(s)
+        w = fft_freqs(s).astype(float)
         self.row_z = np.repeat(w, s)  # one entry per (z, y) row of the grid
         self.row_y = np.tile(w, s)
         self.row_yz2 = self.row_y ** 2 + self.row_z ** 2

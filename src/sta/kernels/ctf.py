@@ -6,7 +6,7 @@ Cs in mm, voltage in kV, spatial frequencies in 1/Å, B-factors in Å², dose in
 
 import numpy as np
 
-from sta.kernels.fourier import freq_grid_2d
+from sta.kernels.grid import freq_axes
 
 
 def wavelength(voltage_kv):
@@ -69,7 +69,7 @@ def ctf_2d(box, pixel_size, defocus_u, defocus_v, defocus_angle, voltage, cs, q0
 
     Per-image parameters may be arrays of shape (n,); the result is then (n, box, box//2+1).
     """
-    ky, kx = freq_grid_2d(box, xp)
+    ky, kx = freq_axes((box, box), xp)
     fx = kx / (box * pixel_size)
     fy = ky / (box * pixel_size)
     params = [defocus_u, defocus_v, defocus_angle, phase_shift, bfactor, scale]
@@ -86,7 +86,7 @@ def ctf_2d(box, pixel_size, defocus_u, defocus_v, defocus_angle, voltage, cs, q0
 
 def dose_weights_2d(box, pixel_size, doses, bfactor_per_dose=0.0, xp=np):
     """Dose weights for every tilt on the half grid, shape (n, box, box//2+1)."""
-    ky, kx = freq_grid_2d(box, xp)
+    ky, kx = freq_axes((box, box), xp)
     u2 = (kx * kx + ky * ky) / (box * pixel_size) ** 2
     d = xp.asarray(doses, dtype=float).reshape(-1, 1, 1)
     return dose_weights_from_u2(u2, d, bfactor_per_dose, xp=xp)

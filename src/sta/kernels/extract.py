@@ -9,7 +9,8 @@ sub-pixel phase shift that moves the projected particle centre to pixel ``s//2``
 import numpy as np
 
 from sta.backend import get_array_module
-from sta.kernels.fourier import centred_rfft, freq_grid_2d
+from sta.kernels.fourier import centred_rfft
+from sta.kernels.grid import cosine_edge, distance_grid, fft_freqs, freq_axes
 
 EDGE_FALLOFF = 5.0
 
@@ -43,14 +44,11 @@ def crop_circle(stack, boundary=0.0, falloff=EDGE_FALLOFF):
     multiply by a disc with a raised-cosine fall-off of ``falloff`` pixels inside it."""
     xp = get_array_module(stack)
     h, w = stack.shape[-2:]
-    my, mx = h // 2, w // 2
-    rad = mx - boundary
-    y, x = np.ogrid[:h, :w]
-    r = np.sqrt((x - mx) ** 2 + (y - my) ** 2)
+    rad = w // 2 - boundary
+    r = distance_grid((h, w), xp=xp)
     outside = (r > rad).astype(float)
-    n_out = outside.sum()
-    mask = np.where(r < rad - falloff, 1.0, np.where(r < rad, 0.5 - 0.5 * np.cos(np.pi * (rad - r) / falloff), 0.0))
-    outside, mask = xp.asarray(outside), xp.asarray(mask)
+    n_out = float(outside.sum())
+    mask = cosine_edge(r, rad - falloff, rad, xp)
     if n_out > 0:
         mean = (stack * outside).sum(axis=(-2, -1), keepdims=True) / n_out
     else:
@@ -61,15 +59,13 @@ def crop_circle(stack, boundary=0.0, falloff=EDGE_FALLOFF):
 def fourier_crop_half(spec, new_size):
     """Crop a (…, s0, s0//2+1) half spectrum to (…, s, s//2+1) (RELION's FourierCrop_fftwHalfStack)."""
     xp = get_array_module(spec)
-    h0 = spec.shape[-2]
-    rows = np.arange(new_size)
-    src = np.where(rows < new_size // 2, rows, rows - new_size + h0)
-    return spec[..., xp.asarray(src), : new_size // 2 + 1]
+    src = fft_freqs(new_size, xp) % spec.shape[-2]  # the rows of the kept frequencies
+    return spec[..., src, : new_size // 2 + 1]
 
 
 def centring_phase(size, shift_xy, xp=np):
     """RELION ``shiftStack`` factor ``exp(+2πi (kx tx + ky ty)/s)``: moves content by ``-t``."""
-    ky, kx = freq_grid_2d(size, xp)
+    ky, kx = freq_axes((size, size), xp)
     t = xp.asarray(shift_xy, dtype=float)
     return xp.exp(2j * np.pi * (kx * t[..., 0, None, None] + ky * t[..., 1, None, None]) / size)
 

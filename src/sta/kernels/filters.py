@@ -14,14 +14,10 @@ of length ``N`` has coordinate ``n - N//2``.
 import numpy as np
 
 from sta.backend import get_array_module, get_fft, to_device, to_host
-from sta.kernels.fsc import freq_squared, shell_index
+from sta.kernels.grid import centred_axes, cosine_edge, distance_grid, freq_radius, shell_index, shell_sums
 
 
 # ------------------------------------------------------------------ Fourier-space filters
-
-
-def _radius(shape_real, xp):
-    return xp.sqrt(freq_squared(shape_real, xp).astype(np.float64))
 
 
 def _real_shape(spec, box):
@@ -57,17 +53,11 @@ def lowpass_spectrum(spec, box, low_pass, angpix, edge_width=2, highpass=False):
     half = int(edge_width) // 2
     edge_low = max(0.0, (ires - half) / float(box))
     edge_high = min(float(spec.shape[-1]), (ires + half) / float(box))
-    width = edge_high - edge_low
-    res = _radius(_real_shape(spec, box), xp) / box
-    if width <= 0:  # RELION divides 0 by 0 here; a hard edge is what is meant
-        width = np.inf
-    with np.errstate(divide="ignore", invalid="ignore"):
-        if highpass:
-            ramp = 0.5 - 0.5 * xp.cos(np.pi * (res - edge_low) / width)
-            filt = xp.where(res < edge_low, 0.0, xp.where(res > edge_high, 1.0, ramp))
-        else:
-            ramp = 0.5 + 0.5 * xp.cos(np.pi * (res - edge_low) / width)
-            filt = xp.where(res < edge_low, 1.0, xp.where(res > edge_high, 0.0, ramp))
+    res = freq_radius(_real_shape(spec, box), xp) / box
+    if edge_high <= edge_low:  # RELION divides 0 by 0 here; a hard edge keeping the cut-off is meant
+        filt = xp.where((res > edge_low) if highpass else (res <= edge_low), 1.0, 0.0)
+    else:
+        filt = cosine_edge(res, edge_low, edge_high, xp, rising=highpass)
     spec *= filt
     return spec
 
@@ -90,7 +80,7 @@ def bfactor_spectrum(spec, box, bfactor, angpix):
     In place; returns ``spec``.  A negative ``bfactor`` (Å²) sharpens.
     """
     xp = get_array_module(spec)
-    res = _radius(_real_shape(spec, box), xp) / (box * angpix)
+    res = freq_radius(_real_shape(spec, box), xp) / (box * angpix)
     inside = res <= 1.0 / (angpix * 2.0)
     spec *= xp.where(inside, xp.exp(-(bfactor / 4.0) * res * res), 0.0)
     return spec
@@ -151,7 +141,7 @@ def mtf_divide_spectrum(spec, box, angpix, mtf_resolution, mtf_value):
     val = np.asarray(mtf_value, dtype=np.float64)
     n = res_x.size
     per_elem = (res_x[-1] - res_x[0]) / n
-    res = to_host(_radius(_real_shape(spec, box), xp)) / (box * angpix)
+    res = to_host(freq_radius(_real_shape(spec, box), xp)) / (box * angpix)
     i0 = np.floor(res / per_elem).astype(np.int64)
     i0c = np.clip(i0, 0, max(n - 2, 0))
     x0, x1 = res_x[i0c], res_x[np.minimum(i0c + 1, n - 1)]
@@ -178,9 +168,8 @@ def radial_mean_amplitude(spec, idx=None, nshell=None):
         idx = shell_index(_real_shape(spec, box), xp)
     if nshell is None:
         nshell = spec.shape[-1]
-    clipped = xp.minimum(idx, nshell).ravel()
-    sums = to_host(xp.bincount(clipped, weights=xp.abs(spec).ravel(), minlength=nshell + 1))[:nshell]
-    count = to_host(xp.bincount(clipped, minlength=nshell + 1))[:nshell]
+    sums = to_host(shell_sums(xp.abs(spec), idx, nshell))
+    count = to_host(shell_sums(None, idx, nshell))
     mean = np.where(count > 0, sums / np.maximum(count, 1), 0.0)
     return mean, count.astype(np.int64)
 
@@ -188,21 +177,9 @@ def radial_mean_amplitude(spec, idx=None, nshell=None):
 # ------------------------------------------------------------------ real-space masks
 
 
-def _logical_grid(shape, xp):
-    """Broadcastable logical coordinates ``(z, y, x)`` with the origin at ``N//2``."""
-    axes = []
-    for a, n in enumerate(shape):
-        c = xp.arange(n, dtype=np.float64) - (n // 2)
-        s = [1] * len(shape)
-        s[a] = n
-        axes.append(c.reshape(s))
-    return axes
-
-
 def _distance(shape, centre_zyx, xp):
-    z, y, x = _logical_grid(shape, xp)
-    cz, cy, cx = (float(c) for c in centre_zyx)
-    return xp.sqrt((z - cz) ** 2 + (y - cy) ** 2 + (x - cx) ** 2)
+    """Distance of every voxel from ``centre_zyx`` in logical coordinates (0 = voxel ``N//2``)."""
+    return distance_grid(shape, [n // 2 + float(c) for n, c in zip(shape, centre_zyx)], xp)
 
 
 def raised_cosine_sphere(shape, radius, radius_p, centre_zyx=(0, 0, 0), xp=np):
@@ -214,10 +191,7 @@ def raised_cosine_sphere(shape, radius, radius_p, centre_zyx=(0, 0, 0), xp=np):
     -------
     ndarray ``shape``, float64
     """
-    d = _distance(shape, centre_zyx, xp)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ramp = 0.5 - 0.5 * xp.cos(np.pi * (radius_p - d) / (radius_p - radius))
-    return xp.where(d > radius_p, 0.0, xp.where(d < radius, 1.0, ramp))
+    return cosine_edge(_distance(shape, centre_zyx, xp), radius, radius_p, xp)
 
 
 def raised_crown(shape, inner_radius, outer_radius, width, centre_zyx=(0, 0, 0), xp=np):
@@ -226,16 +200,8 @@ def raised_crown(shape, inner_radius, outer_radius, width, centre_zyx=(0, 0, 0),
     Edges of ``width`` voxels lie outside the shell on both sides (RELION ``raisedCrownMask``).
     """
     d = _distance(shape, centre_zyx, xp)
-    inner_border = inner_radius - width
-    outer_border = outer_radius + width
-    with np.errstate(divide="ignore", invalid="ignore"):
-        rise = 0.5 - 0.5 * xp.cos(np.pi * (d - inner_border) / width)
-        fall = 0.5 - 0.5 * xp.cos(np.pi * (outer_border - d) / width)
-    out = xp.where(d < inner_border, 0.0,
-                   xp.where(d < inner_radius, rise,
-                            xp.where(d < outer_radius, 1.0,
-                                     xp.where(d < outer_border, fall, 0.0))))
-    return out
+    return (cosine_edge(d, inner_radius - width, inner_radius, xp, rising=True)
+            * cosine_edge(d, outer_radius, outer_radius + width, xp))
 
 
 def _squared_distance_to(target):
@@ -295,7 +261,7 @@ def soft_edge(binary, width):
     if d2 is None:
         return out
     edge = (~b) & (d2 < float(width) * float(width))
-    out[edge] = 0.5 + 0.5 * np.cos(np.pi * np.sqrt(d2[edge]) / float(width))
+    out[edge] = cosine_edge(np.sqrt(d2[edge]), 0.0, float(width))
     return out
 
 
@@ -305,12 +271,6 @@ def cut_z_central(mask, z_percentage, width):
     RELION ``cutZCentralPartOfSoftMask`` (``--helix``); ``width`` in voxels.
     """
     xp = get_array_module(mask)
-    nz = mask.shape[0]
-    z = (xp.arange(nz, dtype=np.float64) - nz // 2).reshape(-1, 1, 1)
-    e = nz * z_percentage * 0.5
-    s = -e
-    val = xp.where((z > s) & (z < e), 1.0,
-                   xp.where((z < s - width) | (z > e + width), 0.0,
-                            xp.where(z < s, 0.5 + 0.5 * xp.cos(np.pi * (s - z) / width),
-                                     xp.where(z > e, 0.5 + 0.5 * xp.cos(np.pi * (z - e) / width), 1.0))))
-    return mask * val
+    z = xp.abs(centred_axes(mask.shape[:1], xp)[0]).reshape(-1, 1, 1)
+    e = mask.shape[0] * z_percentage * 0.5
+    return mask * cosine_edge(z, e, e + width, xp)

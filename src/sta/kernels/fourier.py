@@ -1,7 +1,7 @@
-"""Fourier-space grids and RELION's "centred" transforms, written against ``xp``.
+"""RELION's "centred" transforms and Fourier-space phase ramps and crops, against ``xp``.
 
 Layout: FFTW/NumPy half grids.  A 2D box of size ``s`` has rfft shape ``(s, s//2 + 1)``
-with ``ky`` wrapped (``y' = y`` for ``y < s/2`` else ``y - s``) and ``kx = 0 .. s//2``.
+with ``ky`` wrapped and ``kx = 0 .. s//2`` (coordinates: :mod:`sta.kernels.grid`).
 The real-space origin of RELION images is the pixel ``s//2``; the centred transforms move
 it to index 0 before transforming and use a 1/sqrt(N) normalisation in both directions.
 """
@@ -9,38 +9,18 @@ it to index 0 before transforming and use a 1/sqrt(N) normalisation in both dire
 import numpy as np
 
 from sta.backend import get_array_module, get_fft
-
-
-def freq_grid_2d(box, xp=np, half=True):
-    """Integer frequency coordinates ``(ky, kx)`` in pixels (cycles per box), broadcastable.
-
-    Returns
-    -------
-    ky : (box, 1), kx : (1, box//2 + 1) (``half``) or (1, box)
-    """
-    ky = xp.fft.fftfreq(box, 1.0 / box).reshape(-1, 1)
-    kx = (xp.fft.rfftfreq(box, 1.0 / box) if half else xp.fft.fftfreq(box, 1.0 / box)).reshape(1, -1)
-    return ky, kx
-
-
-def freq_grid_3d(box, xp=np, half=True):
-    """Integer frequency coordinates ``(kz, ky, kx)`` of a 3D (half) grid."""
-    kz = xp.fft.fftfreq(box, 1.0 / box).reshape(-1, 1, 1)
-    ky = xp.fft.fftfreq(box, 1.0 / box).reshape(1, -1, 1)
-    kx = (xp.fft.rfftfreq(box, 1.0 / box) if half else xp.fft.fftfreq(box, 1.0 / box)).reshape(1, 1, -1)
-    return kz, ky, kx
+from sta.kernels.grid import freq_axes, freq_radius
 
 
 def radius_grid_2d(box, xp=np, half=True):
-    """|k| in pixels on the 2D grid."""
-    ky, kx = freq_grid_2d(box, xp, half)
-    return xp.sqrt(ky * ky + kx * kx)
+    """|k| in pixels on the 2D grid (:func:`sta.kernels.grid.freq_radius` of ``(box, box)``;
+    kept for ``workflows/refine`` and its tests)."""
+    return freq_radius((box, box), xp, half)
 
 
 def radius_grid_3d(box, xp=np, half=True):
-    """|k| in pixels on the 3D grid."""
-    kz, ky, kx = freq_grid_3d(box, xp, half)
-    return xp.sqrt(kz * kz + ky * ky + kx * kx)
+    """|k| in pixels on the 3D grid (:func:`sta.kernels.grid.freq_radius` of ``(box,)*3``)."""
+    return freq_radius((box, box, box), xp, half)
 
 
 def centred_rfft(image, ndim=None):
@@ -73,7 +53,7 @@ def phase_shift_2d(box, shift_xy, xp=np):
     ``exp(-2πi (kx·sx + ky·sy)/box)`` (multiplying a spectrum by it translates the image
     by +shift).
     """
-    ky, kx = freq_grid_2d(box, xp)
+    ky, kx = freq_axes((box, box), xp)
     s = xp.asarray(shift_xy, dtype=float)
     sx = s[..., 0][..., None, None]
     sy = s[..., 1][..., None, None]

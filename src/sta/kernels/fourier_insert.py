@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from sta.backend import get_array_module, get_fft
+from sta.kernels.grid import centred_axes, centred_squared, cosine_edge, distance_grid, fft_freqs
 
 
 def _round(x, xp):
@@ -63,20 +64,6 @@ def grid_radius(shape):
     if len(shape) != 3 or shape[1] != d or shape[2] != d // 2 + 1 or d % 2 == 0:
         raise ValueError(f"not a centred half-grid accumulator: shape {shape}")
     return (d - 3) // 2
-
-
-def _logical(shape, xp):
-    d = shape[0]
-    c = d // 2
-    kz = (xp.arange(d) - c).reshape(-1, 1, 1)
-    ky = (xp.arange(d) - c).reshape(1, -1, 1)
-    kx = xp.arange(shape[2]).reshape(1, 1, -1)
-    return kz, ky, kx
-
-
-def _r2(shape, xp):
-    kz, ky, kx = _logical(shape, xp)
-    return kz * kz + ky * ky + kx * kx
 
 
 def _scatter_add(dest_flat, idx, values):
@@ -138,8 +125,7 @@ def insert_slices(acc_data, acc_weight, slices, slice_weights, matrices, pad=2, 
     slices = slices.reshape((-1,) + slices.shape[-2:])
     slice_weights = slice_weights.reshape(slices.shape)
     n, s, sh = slices.shape
-    i = xp.arange(s)
-    y = xp.where(i < sh, i, i - s).astype(float).reshape(-1, 1)
+    y = fft_freqs(s, xp, nyquist_positive=True).astype(float).reshape(-1, 1)
     x = xp.arange(sh, dtype=float).reshape(1, -1)
     ok2d = ~((x == 0) & (y < 0))
     minv = xp.linalg.inv(xp.asarray(matrices, dtype=float).reshape(n, 3, 3)) * pad
@@ -228,8 +214,8 @@ def symmetrise(acc_data, acc_weight, group):
     big_r = grid_radius(shape)
     d, _, wid = shape
     c = d // 2
-    kz, ky, kx = _logical(shape, xp)
-    sel = (kz * kz + ky * ky + kx * kx <= big_r * big_r)
+    kz, ky, kx = centred_axes(shape, xp, half=True)
+    sel = centred_squared(shape, xp, half=True) <= big_r * big_r
     zz, yy, xx = (xp.broadcast_to(a, shape)[sel].astype(float) for a in (kz, ky, kx))
     flat_d = data.reshape(-1)
     flat_w = weight.reshape(-1)
@@ -314,7 +300,7 @@ def ssnr_arrays(acc_weight, ori_size, pad=2, tau2_fudge=1.0, fsc=None, tau2=None
     r_max = int(round(big_r / pad)) if r_max is None else int(r_max)
     nsh = ori_size // 2 + 1
     ovs = float(pad) ** 3
-    r2 = _r2(acc_weight.shape, xp)
+    r2 = centred_squared(acc_weight.shape, xp, half=True)
     sel = r2 < big_r * big_r
     ires = _round(xp.sqrt(r2[sel].astype(float)) / pad, xp)
     w = acc_weight[sel]
@@ -356,14 +342,8 @@ def ssnr_arrays(acc_weight, ori_size, pad=2, tau2_fudge=1.0, fsc=None, tau2=None
 def _soft_mask_outside(vol, radius, width):
     """RELION ``softMaskOutsideMap`` without a noise image: blend to the edge-weighted background mean."""
     xp = get_array_module(vol)
-    n = vol.shape[0]
-    c = n // 2
-    z, y, x = (xp.arange(n) - c).reshape(-1, 1, 1), (xp.arange(n) - c).reshape(1, -1, 1), \
-        (xp.arange(n) - c).reshape(1, 1, -1)
-    r = xp.sqrt((z * z + y * y + x * x).astype(float))
-    rp = radius + width
-    rc = 0.5 + 0.5 * xp.cos(np.pi * (rp - r) / width)
-    bg_w = xp.where(r < radius, 0.0, xp.where(r > rp, 1.0, rc))
+    r = distance_grid(vol.shape, xp=xp)
+    bg_w = cosine_edge(r, radius, radius + width, xp, rising=True)
     bg = float((bg_w * vol).sum() / bg_w.sum())
     return xp.where(r < radius, vol, (1.0 - bg_w) * vol + bg_w * bg)
 
@@ -411,7 +391,7 @@ def reconstruct(acc_data, acc_weight, ori_size, pad=2, tau2=None, tau2_fudge=1.0
     arrays = ssnr_arrays(acc_weight, ori_size, pad, tau2_fudge, fsc=fsc, tau2=tau2, join_halves=join_halves,
                          avgctf2=avgctf2, r_max=r_max)
     do_map = fsc is not None or tau2 is not None
-    r2 = _r2(shape, xp)
+    r2 = centred_squared(shape, xp, half=True)
     inside = r2 <= big_r * big_r
     data = xp.where(inside, acc_data, 0)
     fw = xp.where(inside, acc_weight, 0.0)
@@ -446,7 +426,7 @@ def _to_real_space(f_centred, ori_size, pad):
     p = _c_round(pad * ori_size)
     p += p % 2
     ph = p // 2
-    kz, ky, kx = _logical(shape, xp)
+    kz, ky, kx = centred_axes(shape, xp, half=True)
     keep = (kz > -ph) & (kz <= ph) & (ky > -ph) & (ky <= ph) & (kx <= ph)
     sel = xp.broadcast_to(keep, shape)
     zi = xp.broadcast_to(kz % p, shape)[sel]
@@ -460,9 +440,7 @@ def _to_real_space(f_centred, ori_size, pad):
     lo = ph - ori_size // 2
     vol = vol[lo:lo + ori_size, lo:lo + ori_size, lo:lo + ori_size]
     vol = _soft_mask_outside(vol, ori_size / 2.0, 3.0)
-    n = ori_size
-    g = (xp.arange(n) - n // 2).astype(float)
-    r = xp.sqrt(g.reshape(-1, 1, 1) ** 2 + g.reshape(1, -1, 1) ** 2 + g.reshape(1, 1, -1) ** 2)
+    r = distance_grid(vol.shape, xp=xp)
     rv = r / (ori_size * pad)
     with np.errstate(divide="ignore", invalid="ignore"):
         sinc = xp.where(r > 0, xp.sin(np.pi * rv) / (np.pi * rv), 1.0)
@@ -484,7 +462,7 @@ def downsampled_average(acc_data, acc_weight, pad=2, r_max=None):
     r_max = int(round(big_r / pad)) if r_max is None else int(r_max)
     dd = 2 * (r_max + 1) + 1
     cd = dd // 2
-    kz, ky, kx = _logical(shape, xp)
+    kz, ky, kx = centred_axes(shape, xp, half=True)
     zi = _round(kz / pad, xp) + cd
     yi = _round(ky / pad, xp) + cd
     xi = _round(kx / pad, xp)
@@ -512,7 +490,7 @@ def downsampled_fsc(avg1, avg2, ori_size, r_max=None):
         raise ValueError(f"downsampled_fsc: shapes differ {avg1.shape} vs {avg2.shape}")
     r_max = avg1.shape[0] // 2 - 1 if r_max is None else int(r_max)
     nsh = ori_size // 2 + 1
-    rr = xp.sqrt(_r2(avg1.shape, xp).astype(float))
+    rr = xp.sqrt(centred_squared(avg1.shape, xp, half=True).astype(float))
     sel = rr <= r_max
     idx = _round(rr[sel], xp)
     a, b = avg1[sel], avg2[sel]
@@ -536,7 +514,7 @@ def join_low_resolution(data1, weight1, data2, weight2, lowres_r_max, pad=2):
     """
     xp = get_array_module(data1)
     lim = _c_round(pad * lowres_r_max)
-    sel = _r2(data1.shape, xp) <= lim * lim
+    sel = centred_squared(data1.shape, xp, half=True) <= lim * lim
     ad = (data1 + data2) / 2.0
     aw = (weight1 + weight2) / 2.0
     return (xp.where(sel, ad, data1), xp.where(sel, aw, weight1),

@@ -19,38 +19,12 @@ import functools
 import numpy as np
 
 from sta.backend import get_array_module, get_fft, to_device
-
-
-def freq_squared(shape, xp=np):
-    """Integer ``|k|²`` (pixels²) on the rfft half grid of a ``(z, y, x)`` volume.
-
-    Returns
-    -------
-    ndarray, shape ``(z, y, x//2 + 1)``, int64
-    """
-    nz, ny, nx = shape
-    kz = np.fft.fftfreq(nz, 1.0 / nz).round().astype(np.int64).reshape(-1, 1, 1)
-    ky = np.fft.fftfreq(ny, 1.0 / ny).round().astype(np.int64).reshape(1, -1, 1)
-    kx = np.fft.rfftfreq(nx, 1.0 / nx).round().astype(np.int64).reshape(1, 1, -1)
-    return to_device(kz * kz + ky * ky + kx * kx, xp)
-
-
-def shell_index(shape, xp=np):
-    """RELION's shell index ``ROUND(sqrt(|k|²))`` on the rfft half grid (int64)."""
-    r2 = freq_squared(shape, xp)
-    # (n + 0.5)² is never an integer, so floor(r + 0.5) equals C's round-half-away exactly
-    return xp.floor(xp.sqrt(r2.astype(np.float64)) + 0.5).astype(np.int64)
+from sta.kernels.grid import freq_squared, shell_index, shell_sums
 
 
 def n_shells(shape):
     """Number of FSC shells of a ``(z, y, x)`` volume: ``x//2 + 1``."""
     return shape[-1] // 2 + 1
-
-
-def _shell_sums(values, idx, nshell):
-    xp = get_array_module(values)
-    clipped = xp.minimum(idx, nshell).ravel()
-    return xp.bincount(clipped, weights=values.ravel(), minlength=nshell + 1)[:nshell]
 
 
 def fsc_spectra(f1, f2, idx=None, nshell=None):
@@ -60,7 +34,7 @@ def fsc_spectra(f1, f2, idx=None, nshell=None):
     ----------
     f1, f2 : complex arrays ``(z, y, x//2 + 1)``
     idx : int array of the same shape, optional
-        Shell index (:func:`shell_index`); computed for an even box ``x`` when omitted
+        Shell index (:func:`sta.kernels.grid.shell_index`); computed for an even box ``x`` when omitted
         (pass it for odd boxes).
     nshell : int, optional
         Number of shells (default ``x//2 + 1`` of the real-space box).
@@ -75,9 +49,9 @@ def fsc_spectra(f1, f2, idx=None, nshell=None):
         idx = shell_index(shape, xp)
     if nshell is None:
         nshell = f1.shape[-1]
-    num = _shell_sums(f1.real * f2.real + f1.imag * f2.imag, idx, nshell)
-    d1 = _shell_sums(f1.real * f1.real + f1.imag * f1.imag, idx, nshell)
-    d2 = _shell_sums(f2.real * f2.real + f2.imag * f2.imag, idx, nshell)
+    num = shell_sums(f1.real * f2.real + f1.imag * f2.imag, idx, nshell)
+    d1 = shell_sums(f1.real * f1.real + f1.imag * f1.imag, idx, nshell)
+    d2 = shell_sums(f2.real * f2.real + f2.imag * f2.imag, idx, nshell)
     den = xp.sqrt(d1 * d2)
     out = xp.where(den > 0, num / xp.where(den > 0, den, 1.0), 0.0)
     return np.asarray(out.get() if hasattr(out, "get") else out, dtype=np.float64)

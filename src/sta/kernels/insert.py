@@ -9,24 +9,26 @@ half spectra (h2, wh2) indexed (y, x) with y wrapped.  Written against ``xp``.
 import numpy as np
 
 from sta.backend import get_array_module
+from sta.kernels.grid import checkerboard, fft_freqs, freq_axes
 
 
 def slice_points(h2, x_ranges):
     """2D frequencies visited by the insertion of one slice.
 
-    For every row ``y`` the columns ``x0(y) <= x < x_ranges[y]`` with ``x0 = 0`` for
-    ``y < h2/2`` and ``x0 = 1`` otherwise (the x = 0 column of negative y is the Hermitian
-    mate of a positive one).
+    For every row ``y`` the columns ``x0(y) <= x < x_ranges[y]`` with ``x0 = 0`` where the
+    row's frequency ``y'`` is >= 0 and ``x0 = 1`` otherwise (the x = 0 column of negative
+    ``y'`` is the Hermitian mate of a positive one).
 
     Returns
     -------
     ys, xs : (n,) int64 row and column indices into the (h2, wh2) spectrum
-    yy : (n,) float wrapped frequency ``y`` or ``y - h2``
+    yy : (n,) float wrapped frequency ``y'`` (:func:`sta.kernels.grid.fft_freqs`)
     """
     x_ranges = np.asarray(x_ranges, dtype=np.int64)
+    freqs = fft_freqs(h2)
     ys, xs = [], []
     for y in range(h2):
-        x0 = 0 if y < h2 // 2 else 1
+        x0 = 0 if freqs[y] >= 0 else 1
         if x_ranges[y] > x0:
             xs.append(np.arange(x0, x_ranges[y]))
             ys.append(np.full(x_ranges[y] - x0, y))
@@ -35,7 +37,7 @@ def slice_points(h2, x_ranges):
         return empty, empty, empty.astype(float)
     ys = np.concatenate(ys)
     xs = np.concatenate(xs)
-    yy = np.where(ys < h2 // 2, ys, ys - h2).astype(float)
+    yy = freqs[ys].astype(float)
     return ys, xs, yy
 
 
@@ -44,7 +46,8 @@ def insert_slice_forward(data2d, weight2d, x_ranges, u, v, dest_data, dest_ctf, 
 
     The 2D frequency ``(x, y')`` lands at ``p = x·u + y'·v`` (3D grid pixels); where
     ``p_x < 0`` the point and value are replaced by ``-p`` and the complex conjugate.  Each
-    of the 8 neighbours ``g`` with ``g_x < wh``, ``-h/2 <= g_y < h/2``, ``-d/2 <= g_z < d/2``
+    of the 8 neighbours ``g`` with ``g_x < wh`` and ``g_y``, ``g_z`` among the frequencies of
+    their wrapped axes (``-h/2 <= g_y < h/2`` on even axes)
     receives ``m = |u|·|v|·Π(1 − |p − g|)`` times the value (data), times the weight
     (``dest_ctf``) and ``m`` itself (``dest_mult``); neighbours with ``g_x = 0`` also
     receive the Hermitian mirror at ``(0, −g_y, −g_z)`` (conjugated data).
@@ -113,8 +116,9 @@ def _slice_contributions(xp, data2d, weight2d, x_ranges, u, v, shape):
     p0 = np.floor(pos).astype(np.int64)
     offsets = np.array([[dx, dy, dz] for dz in (0, 1) for dy in (0, 1) for dx in (0, 1)])
     g = p0[None, :, :] + offsets[:, None, :]                       # (8, n, 3)
-    ok = (g[..., 0] < wh) & (g[..., 1] >= -(h // 2)) & (g[..., 1] < h // 2) \
-        & (g[..., 2] >= -(d // 2)) & (g[..., 2] < d // 2)
+    # frequencies a wrapped axis of length n holds: -(n//2) .. (n+1)//2 - 1 (fft_freqs)
+    ok = (g[..., 0] < wh) & (g[..., 1] >= -(h // 2)) & (g[..., 1] < (h + 1) // 2) \
+        & (g[..., 2] >= -(d // 2)) & (g[..., 2] < (d + 1) // 2)
     frac = 1.0 - np.abs(pos[None] - g)
     m = np.where(ok, scale * frac[..., 0] * frac[..., 1] * frac[..., 2], 0.0)
     xi = np.where(ok, g[..., 0], 0)
@@ -139,22 +143,15 @@ def centre_modulate_3d(half, xp=None):
     """Multiply a (d, h, wh) half grid by ``(−1)^(x+y+z)`` (raw indices; RELION
     ``Centering::shiftInSitu``), which moves the real-space origin to voxel ``n//2``."""
     xp = xp or get_array_module(half)
-    d, h, wh = half.shape
-    sz = 1 - 2 * (xp.arange(d) % 2)
-    sy = 1 - 2 * (xp.arange(h) % 2)
-    sx = 1 - 2 * (xp.arange(wh) % 2)
-    return half * (sz[:, None, None] * sy[None, :, None] * sx[None, None, :])
+    return half * checkerboard(half.shape, xp)
 
 
 def cone_weight(box, matrix, slope, sig0, xp=np):
     """Double-cone down-weighting of ``relion_tomo_subtomo --cone_weight`` on a (box, box,
     box//2+1) half grid: ``1 − exp(−t²/2)``, ``t = ρ / (|p_z|·slope + sig0)`` with
     ``p = matrix · (x, y', z')`` and ``ρ = sqrt(p_x² + p_y²)`` (grid pixels)."""
-    i = np.arange(box)
-    w = np.where(i < box // 2, i, i - box).astype(float)
-    x = np.arange(box // 2 + 1, dtype=float)
-    zz, yy, xx = np.meshgrid(w, w, x, indexing="ij")
-    k = np.stack([xx, yy, zz], -1)
+    kz, ky, kx = np.broadcast_arrays(*freq_axes((box, box, box)))
+    k = np.stack([kx, ky, kz], -1).astype(float)
     p = k @ np.asarray(matrix, dtype=float).T
     rho = np.sqrt(p[..., 0] ** 2 + p[..., 1] ** 2)
     t = rho / (np.abs(p[..., 2]) * slope + sig0)

@@ -7,17 +7,7 @@ voxel ``s//2``.
 import numpy as np
 
 from sta.backend import get_fft
-
-
-def _centre_modulation(s, z=None):
-    """(−1)^(x+y+z) on the half grid (all of it, or the plane ``z``)."""
-    i = np.arange(s)
-    sh = s // 2 + 1
-    sz = 1 - 2 * (i % 2)
-    sx = 1 - 2 * (np.arange(sh) % 2)
-    if z is not None:
-        return sz[z] * sz[:, None] * sx[None, :]
-    return sz[:, None, None] * sz[None, :, None] * sx[None, None, :]
+from sta.kernels.grid import checkerboard, cosine_edge, distance_grid, fft_freqs, freq_squared
 
 
 def _irfft_both(half, s):
@@ -35,9 +25,8 @@ def _rfft_both(vol):
 
 
 def _radius_plane(s, z, centre):
-    """Distance of the voxels of plane ``z`` of an s³ volume from ``centre`` (voxels), (s, s)."""
-    y, x = np.ogrid[:s, :s]
-    return np.sqrt((x - centre) ** 2.0 + (y - centre) ** 2.0 + (z - centre) ** 2.0)
+    """Distance of the voxels of plane ``z`` of an s³ volume from ``(centre,)*3`` (voxels), (s, s)."""
+    return distance_grid((s, s, s), (centre,) * 3, z=z)
 
 
 def gridding_correct_sinc2(data_half, s):
@@ -49,7 +38,7 @@ def gridding_correct_sinc2(data_half, s):
     """
     modulated = np.empty(data_half.shape, dtype=np.result_type(data_half.dtype, np.int64))
     for z in range(data_half.shape[0]):
-        np.multiply(data_half[z], _centre_modulation(s, z), out=modulated[z])
+        np.multiply(data_half[z], checkerboard(data_half.shape, z=z), out=modulated[z])
     vol = _irfft_both(modulated, s)
     del modulated
     c = s // 2
@@ -64,6 +53,15 @@ def gridding_correct_sinc2(data_half, s):
     return vol
 
 
+def _half_radius_planes(s):
+    """|K| on the planes z = 0 .. s−1 of the (s, s, s//2+1) half grid, one (s, s//2+1)
+    plane at a time (:mod:`sta.kernels.grid` frequencies)."""
+    kz = fft_freqs(s)
+    yx = freq_squared((s, s))
+    for z in range(s):
+        yield np.sqrt((kz[z] * kz[z] + yx).astype(np.float64))
+
+
 def radial_average_half_lin(w):
     """``RadialAvg::fftwHalf_3D_lin``: linear-interpolated radial average, s//2+1 bins."""
     s = w.shape[0]
@@ -73,8 +71,7 @@ def radial_average_half_lin(w):
     # two passes over the planes: the (1 − f) terms of every voxel, then the f terms, in
     # voxel order (the order in which the sums are accumulated)
     for upper in (False, True):
-        for z in range(s):
-            r = _half_radius(s, z)
+        for z, r in enumerate(_half_radius_planes(s)):
             r0 = r.astype(np.int64)
             f1 = r - r0
             wz = w[z]
@@ -87,16 +84,6 @@ def radial_average_half_lin(w):
                 np.add.at(avg, r0[ok1] + 1, (f1 * wz)[ok1])
                 np.add.at(wgh, r0[ok1] + 1, f1[ok1])
     return np.where(wgh > 0, avg / np.where(wgh > 0, wgh, 1), avg)
-
-
-def _half_radius(s, z=None):
-    """|K| on the (s, s, s//2+1) half grid (all of it, or the plane ``z``)."""
-    i = np.arange(s)
-    wrapped = np.where(i >= s // 2, i - s, i).astype(float)
-    x = np.arange(s // 2 + 1, dtype=float)
-    if z is not None:
-        return np.sqrt(wrapped[z] ** 2 + wrapped[:, None] ** 2 + x[None, :] ** 2)
-    return np.sqrt(wrapped[:, None, None] ** 2 + wrapped[None, :, None] ** 2 + x[None, None, :] ** 2)
 
 
 def to_fourier(vol):
@@ -115,8 +102,7 @@ def ctf_divide_heuristic(ft, weight, fraction=0.001):
     s = ft.shape[0]
     avg = radial_average_half_lin(weight)
     n = len(avg)
-    for z in range(s):
-        r = _half_radius(s, z)
+    for z, r in enumerate(_half_radius_planes(s)):
         r0 = r.astype(np.int64)
         r1 = r0 + 1
         beyond = r1 >= n
@@ -152,10 +138,7 @@ def taper(vol, dist, subtract_mean=True, out=None):
 
     def edge(z):
         r = _radius_plane(s, z, m)
-        inside = r < m
-        with np.errstate(invalid="ignore", divide="ignore"):
-            c = np.where(r < m - dist, 1.0, 0.5 - 0.5 * np.cos(np.pi * (m - r) / dist))
-        return np.where(inside, c, 0.0), inside
+        return cosine_edge(r, m - dist, m), r < m
 
     mean = 0.0
     if subtract_mean:

@@ -24,6 +24,7 @@ import os
 import numpy as np
 
 from sta.errors import InputError
+from sta.kernels.grid import fft_freqs
 
 #: finite-difference steps: degrees of rotation, tilt-series pixels of shift
 ROT_STEP = 0.25
@@ -53,7 +54,7 @@ def pose_fisher(projector, tomo, params, proj, position, matrix, dz, sigma, wind
     lo = half - window // 2
     if lo < 0:
         raise InputError(f"window {window} px is larger than the simulation's patch of {2 * params.box} px")
-    k = np.fft.fftfreq(window) * window
+    k = fft_freqs(window)
     keep = (k[:, None] ** 2 + k[None, :] ** 2) <= radius ** 2
     anchor = np.round(project(proj, position)[:, :2]).astype(int)
     dose = patch_dose_weights(tomo, params)

@@ -11,7 +11,7 @@ import numpy as np
 
 from sta.errors import InputError
 from sta.kernels.filters import raised_cosine_sphere
-from sta.kernels.fourier import radius_grid_3d
+from sta.kernels.grid import cosine_edge, freq_radius
 
 
 def read_atoms(path):
@@ -66,10 +66,8 @@ def splat_points(points_xyz, weights, box, pixel_size, centre_xyz):
 def lowpass(volume, pixel_size, resolution, edge_shells=2.0):
     """Raised-cosine low-pass at ``resolution`` Å (edge ``edge_shells`` wide)."""
     box = volume.shape[0]
-    r = radius_grid_3d(box)
     shell = box * pixel_size / resolution
-    lo, hi = shell - edge_shells / 2, shell + edge_shells / 2
-    filt = np.where(r < lo, 1.0, np.where(r > hi, 0.0, 0.5 + 0.5 * np.cos(np.pi * (r - lo) / (hi - lo))))
+    filt = cosine_edge(freq_radius(volume.shape), shell - edge_shells / 2, shell + edge_shells / 2)
     ft = np.fft.rfftn(np.fft.ifftshift(volume))
     return np.fft.fftshift(np.fft.irfftn(ft * filt, s=volume.shape, axes=(0, 1, 2)))
 

@@ -26,6 +26,7 @@ import numpy as np
 from sta.backend import get_array_module, get_fft
 from sta.kernels import filters
 from sta.kernels import fsc as fsck
+from sta.kernels.grid import shell_index
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +126,7 @@ def local_resolution(half1, half2, opts, rng, progress=None, abort_check=None):
 
     h1 = xp.asarray(half1, dtype=np.float64)
     h2 = xp.asarray(half2, dtype=np.float64)
-    idx = fsck.shell_index(h1.shape, xp)
+    idx = shell_index(h1.shape, xp)
     nshell = fsck.n_shells(h1.shape)
     ft_sum = fft.rfftn(0.5 * (h1 + h2))
     if opts.mtf is not None:

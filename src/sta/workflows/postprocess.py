@@ -24,6 +24,7 @@ import numpy as np
 from sta.backend import get_array_module, get_fft, to_host
 from sta.kernels import filters
 from sta.kernels import fsc as fsck
+from sta.kernels.grid import shell_index
 
 log = logging.getLogger(__name__)
 
@@ -226,7 +227,7 @@ def gold_standard_fsc(half1, half2, mask, opts, rng):
     angpix = opts.angpix
     h1 = xp.asarray(half1, dtype=np.float64)
     h2 = xp.asarray(half2, dtype=np.float64)
-    idx = fsck.shell_index(h1.shape, xp)
+    idx = shell_index(h1.shape, xp)
     fsc_unmasked = fsck.fsc(h1, h2, idx)
     out = GoldStandardFsc(box=box, angpix=angpix, fsc_unmasked=fsc_unmasked, fsc_true=fsc_unmasked)
     if opts.molweight > 0:
@@ -367,7 +368,7 @@ def sharpen(volume, fsc_true, opts, resolution=999.0, verbose=True):
     v = xp.asarray(volume, dtype=np.float64)
     # RELION's forward transform is normalised by 1/N (Guinier intercepts depend on it)
     spec = fft.rfftn(v) / float(v.size)
-    idx = fsck.shell_index(v.shape, xp)
+    idx = shell_index(v.shape, xp)
     out = Sharpening(volume=None, guinier={})
     x, y_in, _ = guinier_curve(spec, box, angpix, idx)
     out.guinier["rlnResolutionSquared"] = x

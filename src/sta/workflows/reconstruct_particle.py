@@ -22,6 +22,7 @@ import numpy as np
 from sta.errors import InputError
 from sta.kernels.backproject import HalfGrid, SliceAccumulator, symmetrise_half
 from sta.kernels.extract import extract_fourier
+from sta.kernels.grid import fft_freqs
 from sta.kernels.reconstruct import (ctf_divide_heuristic, ctf_divide_wiener, gridding_correct_sinc2,
                                      half_to_full_centred, taper, to_fourier)
 from sta.geometry.tilt import visible as visible_mask
@@ -142,8 +143,7 @@ def dose_x_ranges(dose, cutoff):
     """RELION ``findDoseXRanges``: per tilt and row y, 1 + the last x (within the circle of
     radius s/2) whose dose weight exceeds ``cutoff`` (0 if none); shape (f, s)."""
     f, s, sh = dose.shape
-    y = np.arange(s)
-    yy = np.where(y < s // 2, y, y - s).astype(float)
+    yy = fft_freqs(s).astype(float)
     xmax = np.sqrt(np.maximum((s * s) // 4 - yy * yy, -1.0))
     x = np.arange(sh)[None, :]
     inside = (x <= xmax[:, None]) & ((s * s) // 4 - yy * yy >= 0)[:, None]

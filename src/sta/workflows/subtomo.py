@@ -31,6 +31,7 @@ from sta.io.star import format_vector
 from sta.io.trajectories import TrajectorySet
 from sta.kernels.extract import EDGE_FALLOFF, crop_circle, extract_fourier
 from sta.kernels.fourier import centred_rfft
+from sta.kernels.grid import checkerboard
 from sta.kernels.insert import centre_modulate_3d, cone_weight, insert_slices_forward
 from sta.workflows.reconstruct_particle import dose_x_ranges
 from sta.workflows.tilt_data import ParticleGeometry
@@ -212,9 +213,7 @@ def _irfft2_decentred(spec, s):
     Equal to :func:`sta.kernels.fourier.centred_irfft` for even ``s``; kept separate because
     RELION's modulation is not an ``fftshift`` for odd boxes.
     """
-    y = 1 - 2 * (np.arange(spec.shape[-2]) % 2)
-    x = 1 - 2 * (np.arange(spec.shape[-1]) % 2)
-    return get_fft().irfftn(spec * (y[:, None] * x[None, :]), s=(s, s), axes=(-2, -1)) * float(s)
+    return get_fft().irfftn(spec * checkerboard(spec.shape[-2:]), s=(s, s), axes=(-2, -1)) * float(s)
 
 
 def stack2d(spec, params):
