@@ -365,3 +365,50 @@ def test_prior_angle_columns():
     got = AutoRefinement._prior_angles(SimpleNamespace(particles=SimpleNamespace(df=df, n=3)))
     expect = np.array([[np.nan, 90.0, np.nan], [np.nan, np.nan, 10.0], [np.nan, 45.0, -5.0]])
     np.testing.assert_array_equal(got, expect)
+
+
+TINY_ARGS = ["--auto_refine", "--split_random_halves", "--i", "Extract/particles.star", "--tomograms",
+             "tomograms.star", "--ref", "Reconstruct/merged.mrc", "--ini_high", "30", "--ctf", "--particle_diameter",
+             "150", "--healpix_order", "2", "--auto_local_healpix_order", "3", "--offset_range", "2", "--offset_step",
+             "1", "--sym", "C6", "--random_seed", "1", "--iter", "1"]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from tests.test_refine_halves import tiny_project
+
+    return tiny_project(tmp_path_factory.mktemp("refine_tiny") / "p")
+
+
+def _poses_and_map(run_dir):
+    cols = ["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi", "rlnOriginXAngst", "rlnOriginYAngst", "rlnOriginZAngst",
+            "rlnMaxValueProbDistribution", "rlnNrOfSignificantSamples"]
+    poses = [read_star(run_dir / f"{p}_data.star")["particles"].df[cols].to_numpy() for p in ("run_it001", "run")]
+    return poses, mrcfile.read(run_dir / "run_class001.mrc").astype(np.float64)
+
+
+def test_threads_give_the_same_poses(tiny, monkeypatch):
+    """--j 2 (two E-step threads per rank, each with its own sums) and, under mpirun, 3 ranks with
+    --j 2: the same poses as --j 1 and the same maps to float rounding (the threads' sums are
+    added in another order)."""
+    from tests.conftest import need_mpirun
+
+    monkeypatch.chdir(tiny)
+    runs = {}
+    for j in ("1", "2"):
+        assert refine.main(["--o", f"J{j}/run", "--j", j] + TINY_ARGS) == 0
+        runs[j] = _poses_and_map(tiny / f"J{j}")
+
+    def same(name):
+        (p1, m1), (p, m) = runs["1"], runs[name]
+        for a, b in zip(p1, p):
+            assert np.array_equal(a, b), name
+        assert np.abs(m - m1).max() <= 1e-6 * np.abs(m1).max(), name
+
+    same("2")
+    mpirun = need_mpirun()
+    res = subprocess.run([mpirun, "-np", "3", sys.executable, "-m", "sta.commands.refine", "--o", "J3x2/run",
+                          "--j", "2"] + TINY_ARGS, cwd=tiny, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    runs["np3_j2"] = _poses_and_map(tiny / "J3x2")
+    same("np3_j2")

@@ -123,7 +123,7 @@ def build_refinement(args, comm, argv, resume=None):
     images = ImageStore(sps, particles.resolve, comm, preread=args.preread_images, scratch_dir=args.scratch_dir,
                         keep_free_gb=args.keep_free_scratch, reuse=args.reuse_scratch, keep=args.keep_scratch)
     run = AutoRefinement(params, particles, sps, refs, px, comm=comm,
-                         check_abort=lambda: _check_abort(args), resume=resume, images=images)
+                         check_abort=lambda: _check_abort(args), resume=resume, images=images, threads=args.j)
     if args.solvent_mask:
         from sta.io.mrc import read_mrc
 

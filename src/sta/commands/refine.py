@@ -96,7 +96,9 @@ def add_args(parser):
     g.add_argument("--subtomo_multi_thr", type=float, default=0.01,
                    help="3D subtomograms: voxels with a lower multiplicity are left out")
     g = parser.add_argument_group("Computation")
-    g.add_argument("--j", type=_cli.positive_int, default=1, help="threads (FFT)")
+    g.add_argument("--j", type=_cli.positive_int, default=1,
+                   help="threads per MPI rank (RELION's --j): particles of the E-step in parallel, each thread "
+                        "with one BLAS and one FFT thread; the leader's M-step FFTs use them too")
     g.add_argument("--preread_images", action="store_true",
                    help="read all particle images into RAM once (one copy per node, shared by its followers)")
     g.add_argument("--scratch_dir", default="", help="copy the particle images to DIR/relion_volatile/ once per node")
@@ -226,9 +228,9 @@ def _body(args, comm, argv):
 
 
 def main(argv=None):
-    from sta.parallel.threads import limit_threads_for_mpi
+    from sta.parallel.threads import one_blas_thread_per_worker
 
-    limit_threads_for_mpi(sys.argv[1:] if argv is None else argv)
+    one_blas_thread_per_worker()   # --j E-step threads per rank, each with one BLAS thread
     from sta.parallel.mpi import world
 
     comm = world()

@@ -2,7 +2,9 @@
 and failure handling.
 
 Runs without mpi4py (or outside ``mpirun``) as a single rank.  Random decisions are made
-by rank 0 and broadcast; arrays are reduced with buffer-based (uppercase) calls.
+by rank 0 and broadcast; arrays move with buffer-based (uppercase) calls in chunks of at most
+:data:`MAX_MESSAGE_BYTES` (``reduce_inplace``, ``allreduce_inplace``, ``bcast_inplace``,
+``bcast_arrays``, ``send_array``/``recv_array``), never pickled.
 """
 
 import logging
@@ -165,18 +167,126 @@ class DynamicCounter:
             self.win.Free()
 
 
-def reduce_sum(comm, array, root=0):
-    """Sum ``array`` over all ranks onto ``root`` in place (buffer-based); returns it on root."""
+#: largest single MPI message of the array helpers below: arrays are sent in chunks of at most
+#: this many bytes, far below the 2 GiB where MPI's int counts (and some transports) break, and
+#: small enough that MPI's temporary buffer of a reduction stays small
+MAX_MESSAGE_BYTES = 16 * 2 ** 20
+
+
+def _chunks(array, max_bytes=None):
+    """Contiguous 1-D views of ``array`` (C-contiguous) of at most ``max_bytes`` each."""
+    if not array.flags.c_contiguous:
+        raise ValueError("MPI buffer helpers need C-contiguous arrays")
+    flat = array.reshape(-1)
+    limit = MAX_MESSAGE_BYTES if max_bytes is None else max_bytes
+    step = max(int(limit) // max(flat.itemsize, 1), 1)
+    return [flat[a:a + step] for a in range(0, flat.size, step)]
+
+
+def _op(op):
+    from mpi4py import MPI
+
+    return MPI.SUM if op is None else op
+
+
+def reduce_inplace(comm, array, root=0, op=None, max_bytes=None):
+    """Sum (or ``op``) ``array`` over the ranks of ``comm`` into ``array`` on ``root``, in place and
+    in chunks of at most ``max_bytes`` (:data:`MAX_MESSAGE_BYTES`).  Other ranks' arrays are
+    unchanged."""
     if comm.Get_size() == 1:
         return array
     from mpi4py import MPI
 
-    array = np.ascontiguousarray(array)
-    if comm.Get_rank() == root:
-        comm.Reduce(MPI.IN_PLACE, array, op=MPI.SUM, root=root)
+    op = _op(op)
+    at_root = comm.Get_rank() == root
+    for c in _chunks(array, max_bytes):
+        if at_root:
+            comm.Reduce(MPI.IN_PLACE, c, op=op, root=root)
+        else:
+            comm.Reduce(c, None, op=op, root=root)
+    return array
+
+
+def allreduce_inplace(comm, array, op=None, max_bytes=None):
+    """Sum (or ``op``) ``array`` over the ranks of ``comm`` into ``array`` on every rank, in place
+    and in chunks."""
+    if comm.Get_size() == 1:
         return array
-    comm.Reduce(array, None, op=MPI.SUM, root=root)
-    return None
+    from mpi4py import MPI
+
+    op = _op(op)
+    for c in _chunks(array, max_bytes):
+        comm.Allreduce(MPI.IN_PLACE, c, op=op)
+    return array
+
+
+def bcast_inplace(comm, array, root=0, max_bytes=None):
+    """``root``'s ``array`` into ``array`` on every rank of ``comm`` (same shape and dtype), in chunks."""
+    if comm.Get_size() == 1:
+        return array
+    for c in _chunks(array, max_bytes):
+        comm.Bcast(c, root=root)
+    return array
+
+
+def bcast_arrays(comm, arrays, root=0, meta=None, max_bytes=None):
+    """Broadcast a list of arrays (``None`` on the receiving ranks) and a small picklable ``meta``:
+    shapes, dtypes and ``meta`` go pickled, the arrays as buffers in chunks.  Returns ``(meta,
+    arrays)`` on every rank."""
+    if comm.Get_rank() == root:
+        arrays = [np.ascontiguousarray(a) for a in arrays]
+        header = (meta, [(a.shape, a.dtype.str) for a in arrays])
+    else:
+        header = None
+    if comm.Get_size() == 1:
+        return meta, arrays
+    meta, layout = comm.bcast(header, root=root)
+    if comm.Get_rank() != root:
+        arrays = [np.empty(shape, dtype=np.dtype(dt)) for shape, dt in layout]
+    for a in arrays:
+        bcast_inplace(comm, a, root=root, max_bytes=max_bytes)
+    return meta, arrays
+
+
+def send_array(comm, array, dest, tag, max_bytes=None):
+    """Send one array to ``dest`` (shape and dtype pickled, the data as buffers in chunks, all under
+    ``tag``; MPI keeps them in order).  Pair with :func:`recv_array`."""
+    array = np.ascontiguousarray(array)
+    comm.send((array.shape, array.dtype.str), dest=dest, tag=tag)
+    for c in _chunks(array, max_bytes):
+        comm.Send(c, dest=dest, tag=tag)
+
+
+def recv_array(comm, source, tag, max_bytes=None, check=None):
+    """Receive the array of :func:`send_array`, waiting politely (:func:`polite_recv`, ``check``
+    called every 0.5 s while waiting)."""
+    shape, dt = polite_recv(comm, source, tag, check=check)
+    out = np.empty(shape, dtype=np.dtype(dt))
+    for c in _chunks(out, max_bytes):
+        comm.Recv(c, source=source, tag=tag)
+    return out
+
+
+def polite_barrier(comm, interval=0.005):
+    """A barrier that sleeps between tests instead of spinning on a core (ranks waiting for the
+    leader's M-step must not take CPU from it)."""
+    import time
+
+    if comm.Get_size() == 1:
+        return
+    req = comm.Ibarrier()
+    while not req.Test():
+        time.sleep(interval)
+
+
+def reduce_sum(comm, array, root=0):
+    """Sum ``array`` over all ranks onto ``root`` in place (buffer-based, chunked); returns it on
+    root, None elsewhere."""
+    if comm.Get_size() == 1:
+        return array
+    array = np.ascontiguousarray(array)
+    reduce_inplace(comm, array, root=root)
+    return array if comm.Get_rank() == root else None
 
 
 _MONITOR_CODE = r"""

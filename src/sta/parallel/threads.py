@@ -3,6 +3,8 @@ importing NumPy here would load BLAS before the limits take effect)."""
 
 import os
 
+BLAS_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
 
 def limit_threads_for_mpi(argv, option="--j"):
     """Under an MPI launcher with several ranks, cap BLAS/OpenMP threads per rank at ``--j``
@@ -18,5 +20,14 @@ def limit_threads_for_mpi(argv, option="--j"):
         k = argv.index(option)
         if k + 1 < len(argv) and argv[k + 1].isdigit():
             threads = argv[k + 1]
-    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    for var in BLAS_VARS:
         os.environ.setdefault(var, threads)
+
+
+def one_blas_thread_per_worker():
+    """For entry points whose ``--j`` threads each run the numerics (sta_refine's E-step): one
+    BLAS/OpenMP thread per worker thread in every launch mode, one rank or many, so that a job
+    uses ranks × ``--j`` cores and no more (unless the user set the variables).  Call before
+    NumPy is imported; in a process that has already loaded NumPy it changes nothing."""
+    for var in BLAS_VARS:
+        os.environ.setdefault(var, "1")

@@ -45,23 +45,32 @@ def state_path(optimiser_star):
     return optimiser_star[: -len("_optimiser.star")] + "_sta_state.npz"
 
 
+def _key(h, k, name):
+    """Array name of half ``h``, class ``k`` (class 1 keeps version 1's names)."""
+    return f"h{h}_{name}" if k == 0 else f"h{h}c{k + 1}_{name}"
+
+
 def save(run, path, argv):
     """Write the state of ``run`` (leader, after the M-step) to ``path`` (temporary name, then rename
     with the rest of the iteration's files)."""
-    arrays = {f"pose_{k}": getattr(run.state, k) for k in _POSE_FIELDS}
-    arrays["fsc"] = run.fsc
-    meta = {"version": VERSION, "argv": list(argv), "iteration": run.iteration, "final": run.final,
-            "current_size": run.current_size, "current_resolution": run.current_resolution, "seed": run.p.seed,
-            "samp": dataclasses.asdict(run.samp), "auto": dataclasses.asdict(run.auto),
-            "rng": run.rng.bit_generator.state, "perturbation": run.sampling.random_perturbation,
-            "groups": list(run.groups), "n_particles": int(run.particles.n), "ori": run.ori, "halves": []}
-    for h, m in enumerate(run.models):
-        for k in _MODEL_ARRAYS:
-            arrays[f"h{h}_{k}"] = np.asarray(getattr(m, k))
-        arrays[f"h{h}_sigma2"] = np.stack(m.sigma2)
-        if m.pdf_direction is not None:
-            arrays[f"h{h}_pdf"] = np.asarray(m.pdf_direction)
-        meta["halves"].append({"sigma2_offset": m.sigma2_offset, "scales": m.scales})
+    st = run.state
+    arrays = {f"pose_{k}": getattr(st.poses, k) for k in _POSE_FIELDS}
+    arrays["fsc"] = st.fsc
+    meta = {"version": VERSION, "argv": list(argv), "iteration": st.iteration, "final": st.final,
+            "current_size": st.current_size, "current_resolution": st.current_resolution, "seed": run.p.seed,
+            "samp": dataclasses.asdict(st.sampling), "auto": dataclasses.asdict(st.auto),
+            "rng": run.rng.bit_generator.state, "perturbation": st.grid.random_perturbation,
+            "groups": list(run.groups), "n_particles": int(run.particles.n), "ori": run.ori, "halves": [],
+            "n_classes": st.n_classes}
+    for h, models in enumerate(st.models):
+        for k, m in enumerate(models):
+            for name in _MODEL_ARRAYS:
+                arrays[_key(h, k, name)] = np.asarray(getattr(m, name))
+            arrays[_key(h, k, "sigma2")] = np.stack(m.sigma2)
+            if m.pdf_direction is not None:
+                arrays[_key(h, k, "pdf")] = np.asarray(m.pdf_direction)
+        meta["halves"].append({"sigma2_offset": models[0].sigma2_offset, "scales": models[0].scales,
+                               "classes": [{"sigma2_offset": m.sigma2_offset, "scales": m.scales} for m in models]})
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
     with atomic_path(path) as tmp:
         np.savez(tmp, **arrays)
@@ -87,32 +96,42 @@ def load(optimiser_star):
 
 
 def restore(run, ck):
-    """Put ``run`` (freshly built from the original arguments) into the checkpointed state."""
+    """Put ``run`` (freshly built from the original arguments) into the checkpointed state; a rank
+    restores the models of the halves it holds."""
     from sta.workflows.refine.schedule import AutoRefine, Sampling
 
     meta, arrays = ck.meta, ck.arrays
+    st = run.state
     if meta["n_particles"] != run.particles.n or meta["ori"] != run.ori or meta["groups"] != list(run.groups):
         raise InputError("--continue: the particles of the original run (count, box or tomograms) differ from "
                          "the current input files")
+    if int(meta.get("n_classes", 1)) != st.n_classes:
+        raise InputError(f"--continue: the original run has {meta.get('n_classes', 1)} classes, this one "
+                         f"{st.n_classes}")
     for k in _POSE_FIELDS:
-        setattr(run.state, k, arrays[f"pose_{k}"].copy())
-    run.fsc = arrays["fsc"].copy()
-    run.iteration = int(meta["iteration"])
-    run.final = bool(meta["final"])
-    run.current_size = int(meta["current_size"])
-    run.current_resolution = float(meta["current_resolution"])
-    run.samp = Sampling(**meta["samp"])
-    run.auto = AutoRefine(**meta["auto"])
+        setattr(st.poses, k, arrays[f"pose_{k}"].copy())
+    st.fsc = arrays["fsc"].copy()
+    st.iteration = int(meta["iteration"])
+    st.final = bool(meta["final"])
+    st.current_size = int(meta["current_size"])
+    st.current_resolution = float(meta["current_resolution"])
+    st.sampling = Sampling(**meta["samp"])
+    st.auto = AutoRefine(**meta["auto"])
     run.rng.bit_generator.state = meta["rng"]
-    run.sampling.random_perturbation = float(meta["perturbation"])
-    run.sampling.set_orientations(run.samp.healpix_order)
-    for h, m in enumerate(run.models):
-        m.set_map(arrays[f"h{h}_volume"])
-        for k in _MODEL_ARRAYS[1:]:
-            setattr(m, k, arrays[f"h{h}_{k}"].copy())
-        m.sigma2 = [row.copy() for row in arrays[f"h{h}_sigma2"]]
-        pdf = arrays.get(f"h{h}_pdf")
-        m.pdf_direction = pdf.copy() if pdf is not None and len(pdf) == run.sampling.n_directions else None
-        m.sigma2_offset = float(meta["halves"][h]["sigma2_offset"])
-        m.scales = dict(meta["halves"][h]["scales"])
+    st.grid.random_perturbation = float(meta["perturbation"])
+    st.grid.set_orientations(st.sampling.healpix_order)
+    for h, models in enumerate(st.models):
+        if models is None:
+            continue
+        half = meta["halves"][h]
+        for k, m in enumerate(models):
+            m.set_map(arrays[_key(h, k, "volume")])
+            for name in _MODEL_ARRAYS[1:]:
+                setattr(m, name, arrays[_key(h, k, name)].copy())
+            m.sigma2 = [row.copy() for row in arrays[_key(h, k, "sigma2")]]
+            pdf = arrays.get(_key(h, k, "pdf"))
+            m.pdf_direction = pdf.copy() if pdf is not None and len(pdf) == st.grid.n_directions else None
+            c = half.get("classes", [half])[k]
+            m.sigma2_offset = float(c["sigma2_offset"])
+            m.scales = dict(c["scales"])
     run.pick_accuracy_particles()

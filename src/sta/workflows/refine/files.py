@@ -39,22 +39,27 @@ class RefineWriter:
 
     def _write_all(self, run, pre):
         px = run.px
-        if run.final:
-            write_mrc(f"{pre}_class001.mrc", run.final_map, px)
-            for h in range(2):
+        st = run.state
+        n_classes = st.n_classes
+        if st.final:
+            for k in range(n_classes):   # the joined map (every half's model holds it)
+                write_mrc(f"{pre}_class{k + 1:03d}.mrc", st.models[0][k].volume, px)
+            for h in range(2):           # the unregularised maps of class 1 (K = 1)
                 write_mrc(f"{pre}_half{h + 1}_class001_unfil.mrc", run.unfil[h], px)
-            self._model(run, 0, f"{pre}_model.star", f"{pre}_class001.mrc")
+            self._model(run, 0, f"{pre}_model.star", [f"{pre}_class{k + 1:03d}.mrc" for k in range(n_classes)])
         else:
             for h in range(2):
-                write_mrc(f"{pre}_half{h + 1}_class001.mrc", run.models[h].volume, px)
-                if run.solvent_fsc:
+                for k in range(n_classes):
+                    write_mrc(f"{pre}_half{h + 1}_class{k + 1:03d}.mrc", st.models[h][k].volume, px)
+                if run.solvent_fsc:          # class 1 (K = 1)
                     write_mrc(f"{pre}_half{h + 1}_class001_unfil.mrc", run.iter_unfil[h], px)
-                self._model(run, h, f"{pre}_half{h + 1}_model.star", f"{pre}_half{h + 1}_class001.mrc")
+                self._model(run, h, f"{pre}_half{h + 1}_model.star",
+                            [f"{pre}_half{h + 1}_class{k + 1:03d}.mrc" for k in range(n_classes)])
         self._data(run, f"{pre}_data.star")
         self._sampling(run, f"{pre}_sampling.star")
         self._optimiser(run, pre)
         self._optimisation_set(f"{pre}_optimisation_set.star", f"{pre}_data.star")
-        if not run.final:
+        if not st.final:
             from sta.workflows.refine.checkpoint import save
 
             save(run, f"{pre}_sta_state.npz", self.argv)
@@ -62,7 +67,7 @@ class RefineWriter:
     # ------------------------------------------------------------------
     def _data(self, run, path):
         df = self.particles.df.copy()
-        st = run.state
+        st = run.state.poses
         for j, label in enumerate(("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")):
             df[label] = st.angles[:, j]
         for j, label in enumerate(("rlnOriginXAngst", "rlnOriginYAngst", "rlnOriginZAngst")):
@@ -79,31 +84,40 @@ class RefineWriter:
                           project_dir=self.particles.project_dir)
         out.write(path)
 
-    def _model(self, run, h, path, map_name):
-        m = run.models[h]
+    def _model(self, run, h, path, map_names):
+        """``<pre>_half<h>_model.star`` (or, final, ``<pre>_model.star``): half ``h``'s models, one
+        class per map name; the per-particle figures are half ``h``'s (RELION: each half's own
+        sums), or all particles' in the final joined model."""
+        st = run.state
+        models = st.models[h]
+        m = models[0]
         ori, px = run.ori, run.px
         norm = float(ori) ** 2  # kernels use 1/sqrt(N) spectra; RELION 1/N
         n_groups = len(run.groups)
+        poses = st.poses
+        mine = np.ones(len(poses.half), dtype=bool) if st.final else poses.half == h
+        samp = st.sampling
         general = {
             "rlnReferenceDimensionality": 3, "rlnDataDimensionality": run.sps[0].DATA_DIMENSIONALITY, "rlnOriginalImageSize": ori,
-            "rlnCurrentResolution": 1.0 / max(run.current_resolution, 1e-9),
-            "rlnCurrentImageSize": ori if run.final else run.current_size, "rlnPaddingFactor": float(run.p.pad),
+            "rlnCurrentResolution": 1.0 / max(st.current_resolution, 1e-9),
+            "rlnCurrentImageSize": ori if st.final else st.current_size, "rlnPaddingFactor": float(run.p.pad),
             "rlnIsHelix": 0, "rlnFourierSpaceInterpolator": 1, "rlnMinRadiusNnInterpolation": 10,
-            "rlnPixelSize": px, "rlnNrClasses": 1, "rlnNrBodies": 1, "rlnNrGroups": n_groups,
+            "rlnPixelSize": px, "rlnNrClasses": len(models), "rlnNrBodies": 1, "rlnNrGroups": n_groups,
             "rlnNrOpticsGroups": len(m.sigma2), "rlnTau2FudgeFactor": run.p.tau2_fudge,
             "rlnNormCorrectionAverage": 1.0, "rlnSigmaOffsetsAngst": float(np.sqrt(max(m.sigma2_offset, 0.0))),
-            "rlnOrientationalPriorMode": int(run.samp.local),
-            "rlnSigmaPriorRotAngle": run.samp.sigma_ang if run.samp.local else 0.0,
-            "rlnSigmaPriorTiltAngle": run.samp.sigma_ang if run.samp.local else 0.0,
-            "rlnSigmaPriorPsiAngle": run.samp.sigma_ang if run.samp.local else 0.0,
-            "rlnLogLikelihood": float(np.sum(run.state.logl)),
-            "rlnAveragePmax": float(np.mean(run.state.pmax)) if len(run.state.pmax) else 0.0,
+            "rlnOrientationalPriorMode": int(samp.local),
+            "rlnSigmaPriorRotAngle": samp.sigma_ang if samp.local else 0.0,
+            "rlnSigmaPriorTiltAngle": samp.sigma_ang if samp.local else 0.0,
+            "rlnSigmaPriorPsiAngle": samp.sigma_ang if samp.local else 0.0,
+            "rlnLogLikelihood": float(np.sum(poses.logl[mine])),
+            "rlnAveragePmax": float(np.mean(poses.pmax[mine])) if mine.any() else 0.0,
         }
-        classes = pd.DataFrame({"rlnReferenceImage": [map_name], "rlnClassDistribution": [1.0],
-                                "rlnAccuracyRotations": [run.auto.acc_rot],
-                                "rlnAccuracyTranslationsAngst": [run.auto.acc_trans],
-                                "rlnEstimatedResolution": [1.0 / max(run.current_resolution, 1e-9)],
-                                "rlnOverallFourierCompleteness": [float(np.mean(m.coverage))]})
+        classes = pd.DataFrame({"rlnReferenceImage": list(map_names),
+                                "rlnClassDistribution": [1.0 / len(models)] * len(models),
+                                "rlnAccuracyRotations": [st.auto.acc_rot] * len(models),
+                                "rlnAccuracyTranslationsAngst": [st.auto.acc_trans] * len(models),
+                                "rlnEstimatedResolution": [1.0 / max(st.current_resolution, 1e-9)] * len(models),
+                                "rlnOverallFourierCompleteness": [float(np.mean(c.coverage)) for c in models]})
         n = ori // 2 + 1
 
         def fit(a):
@@ -112,9 +126,9 @@ class RefineWriter:
             out[:len(a)] = a
             return out
 
-        spectra = shell_table(ori, px, rlnSsnrMap=fit(m.ssnr), rlnGoldStandardFsc=fit(m.fsc),
-                              rlnFourierCompleteness=fit(m.coverage), rlnReferenceSigma2=fit(m.sigma2_rec) / norm,
-                              rlnReferenceTau2=fit(m.tau2) / norm)
+        spectra = [shell_table(ori, px, rlnSsnrMap=fit(c.ssnr), rlnGoldStandardFsc=fit(c.fsc),
+                               rlnFourierCompleteness=fit(c.coverage), rlnReferenceSigma2=fit(c.sigma2_rec) / norm,
+                               rlnReferenceTau2=fit(c.tau2) / norm) for c in models]
         counts = pd.Series(self.particles.df["rlnTomoName"].astype(str).tolist()).value_counts()
         groups = pd.DataFrame({"rlnGroupNumber": np.arange(1, n_groups + 1), "rlnGroupName": run.groups,
                                "rlnGroupNrParticles": [int(counts.get(g, 0)) for g in run.groups],
@@ -123,12 +137,12 @@ class RefineWriter:
         for s2 in m.sigma2:
             tab = shell_table(ori, px, rlnSigma2Noise=fit(s2) / norm)
             optics.append(tab[tab["rlnSigma2Noise"] > 0][["rlnSpectralIndex", "rlnResolution", "rlnSigma2Noise"]])
-        pdf = m.pdf_direction if m.pdf_direction is not None else np.full(run.sampling.n_directions,
-                                                                          1.0 / run.sampling.n_directions)
-        write_model(path, general, classes, [spectra], groups, optics, [pdf])
+        n_dirs = st.grid.n_directions
+        pdfs = [c.pdf_direction if c.pdf_direction is not None else np.full(n_dirs, 1.0 / n_dirs) for c in models]
+        write_model(path, general, classes, spectra, groups, optics, pdfs)
 
     def _sampling(self, run, path):
-        s = run.sampling
+        s = run.state.grid
         general = {"rlnIs3DSampling": 1, "rlnIs3DTranslationalSampling": 1, "rlnHealpixOrder": s.healpix_order,
                    "rlnSymmetryGroup": s.group.name, "rlnTiltAngleLimit": s.limit_tilt, "rlnPsiStep": s.psi_step,
                    "rlnOffsetRange": s.offset_range, "rlnOffsetStep": s.offset_step, "rlnHelicalOffsetStep": -1.0,
@@ -141,7 +155,7 @@ class RefineWriter:
         write_sampling(path, general, (s.rot, s.tilt))
 
     def _optimiser(self, run, pre):
-        a = run.auto
+        a = run.state.auto
         values = {
             "rlnOutputRootName": self.root,
             "rlnModelStarFile": f"{pre}_model.star" if run.final else f"{pre}_half1_model.star",
