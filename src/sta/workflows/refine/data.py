@@ -33,6 +33,7 @@ from sta.io.mrc import read_stack_images
 from sta.io.star import split_image_name
 from sta.kernels.ctf import ctf_2d
 from sta.kernels.fourier import centred_rfft
+from sta.kernels.grid import fft_freqs
 from sta.workflows.tilt_data import ParticleGeometry, TiltData
 
 log = logging.getLogger(__name__)
@@ -194,8 +195,7 @@ class SubtomoParticle:
         if w.shape == (c, c, h):
             return w, None
         if w.shape == (c, c, c):          # centred cubic CTF volume (origin at c//2)
-            i = np.arange(c)
-            kk = np.where(i <= c // 2, i, i - c)
+            kk = fft_freqs(c, nyquist_positive=True)
             return w[np.ix_(c // 2 - kk, c // 2 - kk, c // 2 - np.arange(h))], None
         raise InputError(f"{self.ctf_path}: weights volume of {w.shape[::-1]} voxels; expected "
                          f"{h}x{c}x{2 * c} (CTF² and multiplicity), {h}x{c}x{c} or {c}x{c}x{c} (rlnCtfImage)")

@@ -333,7 +333,8 @@ class AutoRefinement:
         Σ |F·P|²`` at the input poses, over the shells below ``--ini_high`` (or a quarter of
         the box) of up to ``n_max`` particles of half 1 (sta's own step; half 2 must not reach
         half 1's model)."""
-        from sta.kernels.fourier import centred_rfft, radius_grid_2d, radius_grid_3d
+        from sta.kernels.fourier import centred_rfft
+        from sta.kernels.grid import freq_radius
 
         res = self.p.ini_high if self.p.ini_high > 0 else 4.0 * 2.0 * self.px
         rmax = max(self.ori * self.px / res, 2.0)
@@ -346,7 +347,7 @@ class AutoRefinement:
             a = euler_to_matrix(*poses.angles[sp.index]).reshape(1, 3, 3)
             fctf = sp.fctf() if self.p.do_ctf else 1.0
             kz = lk.plane_frequencies(self.ori) if sp.volume else None
-            r = radius_grid_3d(self.ori) if sp.volume else radius_grid_2d(self.ori)
+            r = freq_radius((self.ori,) * ndim)
             h = int(poses.half[sp.index])
             pred = fctf * self.state.models[h][0].sampler.project(a, sp.aproj, self.ori, kz=kz)[0]
             band = np.broadcast_to((r >= 1) & (r <= rmax), pred.shape)
