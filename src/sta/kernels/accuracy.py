@@ -49,7 +49,7 @@ def _first_above(steps, snr):
     return float(steps[above[0]] if above.size else steps[-1])
 
 
-def expected_angular_error(project, angles, ctf2, inv_sigma2, choice):
+def expected_angular_error(project, angles, ctf2, inv_sigma2, choice, batch=8):
     """Smallest tried angle (deg) whose reference change exceeds the 0.01 likelihood ratio.
 
     Parameters
@@ -60,19 +60,28 @@ def expected_angular_error(project, angles, ctf2, inv_sigma2, choice):
     ctf2 : (n_img, n_pix) ``Fctf`` of the pixels
     inv_sigma2 : (n_pix,) or (n_img, n_pix) ``1/(2σ²)`` (per image with ``--ctf_noise``), 0 on unused pixels
     choice : (n_img,) int 0/1/2, which Euler angle is moved for each image
+    batch : int
+        Angles tried per call of ``project``; like RELION, the search stops at the first
+        batch that holds a crossing (the result does not depend on ``batch``).
     """
     xp = get_array_module(ctf2)
     steps = relion_angle_steps()
     n_img = ctf2.shape[0]
-    eul = np.tile(np.asarray(angles, float), (len(steps) + 1, n_img, 1))
-    eul[1:, np.arange(n_img), choice] += steps[:, None]
-    proj = project(eul)
-    diff = (proj[1:] - proj[:1]) * ctf2[None]
-    snr = xp.sum((diff.real ** 2 + diff.imag ** 2) * inv_sigma2, axis=(1, 2))
-    return _first_above(steps, np.asarray(snr.get() if hasattr(snr, "get") else snr))
+    base = np.asarray(angles, float)
+    ref = project(np.tile(base, (1, n_img, 1)))[0]
+    for a in range(0, len(steps), max(int(batch), 1)):
+        part = steps[a:a + batch]
+        eul = np.tile(base, (len(part), n_img, 1))
+        eul[:, np.arange(n_img), choice] += part[:, None]
+        diff = (project(eul) - ref[None]) * ctf2[None]
+        snr = xp.sum((diff.real ** 2 + diff.imag ** 2) * inv_sigma2, axis=(1, 2))
+        snr = np.asarray(snr.get() if hasattr(snr, "get") else snr)
+        if (snr > P_VALUE).any():
+            return _first_above(part, snr)
+    return float(steps[-1])
 
 
-def expected_shift_error(ref_slices, phases, ctf2, inv_sigma2, choice):
+def expected_shift_error(ref_slices, phases, ctf2, inv_sigma2, choice, batch=8):
     """Smallest tried 3D shift (pixels) whose reference change exceeds the 0.01 likelihood ratio.
 
     Parameters
@@ -81,19 +90,26 @@ def expected_shift_error(ref_slices, phases, ctf2, inv_sigma2, choice):
     phases : callable ``(n, 3) shifts (pixels) -> (n, n_img, n_pix)`` phase factors
     ctf2, inv_sigma2 : as :func:`expected_angular_error`
     choice : (n_img,) int 0/1/2, the axis (x, y, z of the subtomogram frame) moved per image
+    batch : int
+        Shifts tried per call of ``phases`` and axis; the search stops at the first batch that
+        holds a crossing (the result does not depend on ``batch``).
     """
     xp = get_array_module(ctf2)
     steps = relion_shift_steps()
     amp = (ref_slices.real ** 2 + ref_slices.imag ** 2) * ctf2 * ctf2 * inv_sigma2   # (n_img, n_pix)
-    snr = np.zeros(len(steps))
-    for axis in range(3):
-        sel = np.flatnonzero(np.asarray(choice) == axis)
-        if not sel.size:
-            continue
-        t = np.zeros((len(steps), 3))
-        t[:, axis] = steps
-        ph = phases(t)[:, sel]                                # (n_steps, n_sel, n_pix)
-        d = 1.0 - ph                                          # |F − F·φ|² = |F|²·|1 − φ|²
-        part = xp.sum((d.real ** 2 + d.imag ** 2) * amp[sel][None], axis=(1, 2))
-        snr += np.asarray(part.get() if hasattr(part, "get") else part)
-    return _first_above(steps, snr)
+    axes = [(axis, np.flatnonzero(np.asarray(choice) == axis)) for axis in range(3)]
+    for a in range(0, len(steps), max(int(batch), 1)):
+        part = steps[a:a + batch]
+        snr = np.zeros(len(part))
+        for axis, sel in axes:
+            if not sel.size:
+                continue
+            t = np.zeros((len(part), 3))
+            t[:, axis] = part
+            ph = phases(t)[:, sel]                                # (n_part, n_sel, n_pix)
+            d = 1.0 - ph                                          # |F − F·φ|² = |F|²·|1 − φ|²
+            s = xp.sum((d.real ** 2 + d.imag ** 2) * amp[sel][None], axis=(1, 2))
+            snr += np.asarray(s.get() if hasattr(s, "get") else s)
+        if (snr > P_VALUE).any():
+            return _first_above(part, snr)
+    return float(steps[-1])

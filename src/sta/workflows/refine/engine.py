@@ -5,10 +5,21 @@ and orientation priors) and does, for a list of particles, the expectation (two-
 adaptive oversampling over HEALPix orientations × 3D translations) and accumulates the
 weighted sums of the maximisation; :func:`maximise` turns the sums of a half into its new
 model.  No file or MPI code lives here (spec §6.3-6.5).
+
+Speed: in a global search every particle meets the same coarse orientations, so the reference
+slices of each tilt image are made once per iteration and half set and shared by all particles,
+engines and threads of the process (:data:`SLICE_CACHE`); the fine pass's slices are reused by
+the M-step sums.  :meth:`RefineEngine.expect` may run in several threads at once (on different
+particles, each with its own sums): an engine changes nothing after construction except its
+lazily made, lock-protected global orientations.
 """
 
+import collections
 import dataclasses
+import hashlib
 import logging
+import threading
+import weakref
 
 import numpy as np
 
@@ -78,8 +89,138 @@ class HalfModel:
         self.scales = {}
 
     def set_map(self, volume):
+        old = getattr(self, "sampler", None)
+        if old is not None:
+            SLICE_CACHE.forget(old)     # the old map's shared slices go now, not at the next E-step
         self.volume = np.asarray(volume, dtype=np.float64)
         self.sampler = lk.SliceSampler(FourierProjector(self.volume, pad=2), dtype=np.complex64)
+
+
+class SliceCache:
+    """Reference slices of global coarse passes, per tilt image, shared by every particle,
+    engine and thread of a process (:meth:`RefineEngine._shared_projections`).
+
+    An entry is the ``(n_o, n_pix)`` slices of one image (its ``Aproj_f``, and ``kz_f`` for
+    the planes of a 3D subtomogram) for one reference (:class:`~sta.kernels.likelihood.SliceSampler`),
+    orientation set, image size and pixel set.  The least recently used entries are dropped
+    beyond ``max_bytes``, and all of a reference's entries when it is freed (a new map each
+    iteration).  Thread-safe: a missing entry is made by the first thread that asks for it,
+    the others make the next missing ones meanwhile and wait for it instead of making it again.
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._entries = collections.OrderedDict()    # key -> _Slot
+        self._bytes = 0
+        self._tokens = {}                            # id(sampler) -> token, while the sampler lives
+        self._next = 0
+        self._dead = []                              # tokens of freed samplers (appended by finalizers)
+
+    class _Slot:
+        __slots__ = ("ready", "value", "counted")
+
+        def __init__(self):
+            self.ready = threading.Event()
+            self.value = None
+            self.counted = False     # its bytes are in the total (set under the lock)
+
+    def _token(self, sampler):
+        t = self._tokens.get(id(sampler))
+        if t is None:
+            t = self._next
+            self._next += 1
+            self._tokens[id(sampler)] = t
+            weakref.finalize(sampler, self._release, id(sampler), t)
+        return t
+
+    def _release(self, sid, token):
+        self._dead.append((sid, token))      # list.append is atomic; purged under the lock
+
+    def _purge(self):
+        while self._dead:
+            sid, token = self._dead.pop()
+            if self._tokens.get(sid) == token:
+                del self._tokens[sid]
+            for key in [k for k in self._entries if k[0] == token]:
+                self._drop(key)
+
+    def forget(self, sampler):
+        """Drop the entries of ``sampler`` (a reference being replaced)."""
+        with self._lock:
+            token = self._tokens.pop(id(sampler), None)
+            if token is not None:
+                for key in [k for k in self._entries if k[0] == token]:
+                    self._drop(key)
+
+    def _drop(self, key):
+        slot = self._entries.pop(key)
+        if slot.counted:
+            self._bytes -= slot.value.nbytes
+            slot.counted = False
+
+    def get(self, sampler, group, keys, make, max_bytes):
+        """The slices of every image key (a list of arrays); ``make(i)`` makes those of ``keys[i]``.
+
+        Keys are claimed one at a time, so threads that need the same images share the work;
+        a key another thread is making is waited for at the end."""
+        out = [None] * len(keys)
+        waiting = []
+        with self._lock:
+            self._purge()
+            token = self._token(sampler)
+        for i, k in enumerate(keys):
+            key = (token, group, k)
+            with self._lock:
+                slot = self._entries.get(key)
+                mine = slot is None
+                if mine:
+                    slot = self._entries[key] = self._Slot()
+                else:
+                    self._entries.move_to_end(key)
+            if not mine:
+                if slot.ready.is_set() and slot.value is not None:
+                    out[i] = slot.value
+                else:
+                    waiting.append((i, slot))
+                continue
+            try:
+                value = make(i)
+            except BaseException:
+                with self._lock:             # release the claim without a value
+                    if self._entries.get(key) is slot:
+                        self._drop(key)
+                slot.ready.set()
+                raise
+            with self._lock:
+                slot.value = out[i] = value
+                if self._entries.get(key) is slot:
+                    self._bytes += value.nbytes
+                    slot.counted = True
+                    self._evict(max_bytes, keep=key)
+            slot.ready.set()
+        for i, slot in waiting:
+            slot.ready.wait()
+            out[i] = slot.value if slot.value is not None else make(i)
+        return out
+
+    def _evict(self, max_bytes, keep):
+        for key in list(self._entries):
+            if self._bytes <= max_bytes:
+                break
+            if key != keep and self._entries[key].counted:
+                self._drop(key)
+
+    def clear(self):
+        with self._lock:
+            for key in list(self._entries):
+                self._drop(key)
+
+    @property
+    def nbytes(self):
+        return self._bytes
+
+
+SLICE_CACHE = SliceCache()
 
 
 @dataclasses.dataclass
@@ -194,7 +335,8 @@ class RefineEngine:
         self.iteration = iteration
         self.local_sigma = local_sigma
         self.group = sampling.group
-        self._shared = None   # (angles, aproj, size, pix, projections) of the last global coarse pass
+        self._lock = threading.Lock()
+        self._global = None   # the global search's coarse orientations (made once, then read-only)
         coarse = sampling.orientations()
         self.coarse_angles = coarse
         self.n_psi = sampling.n_psi
@@ -273,7 +415,7 @@ class RefineEngine:
         if p.skip_align:
             angles_f = cur[None]
             trans_f = cur_off_px[None]
-            diff2, prep_f, ph_f = self._diff2(x_mask, x_full, ctf, sp, angles_f, trans_f, self.cs, sigma2, scale)
+            diff2, prep_f, ph_f, proj_f = self._fine_diff2(x_mask, x_full, ctf, sp, angles_f, trans_f, sigma2, scale)
             post = lk.weights_from_diff2(diff2, adaptive_fraction=1.0)
             dir_idx = self._direction_index(angles_f)
         else:
@@ -281,7 +423,7 @@ class RefineEngine:
             if "prior_angles" in state:
                 prior = np.asarray(state["prior_angles"], float)
                 centre = np.where(np.isfinite(prior), prior, cur)
-            idx_c, angles_c, log_po_c, dir_c = self._coarse_orientations(centre)
+            idx_c, angles_c, log_po_c, dir_c, rots_c = self._coarse_orientations(centre)
             trial_c = self.sampling.perturb_translations(self.trans_coarse_A)
             trans_c = cur_off_px[None] + trial_c / px
             log_pt_c = lk.offset_log_prior(trans_c, prior_px, max(m.sigma2_offset, 0.0), px)
@@ -289,20 +431,22 @@ class RefineEngine:
                 angles_f, trans_f, dir_idx = angles_c, trans_c, dir_c
                 prep_f = self._prepare(sp, x_mask, x_full, ctf, self.cs, sigma2)
                 ph_f = lk.translation_phases(trans_f, prep_f.aproj, sp.box, self.cs, kz=prep_f.kz)
-                proj = self._projector(angles_f, prep_f, self.cs)
+                proj = self._projector(rots_c, prep_f, self.cs)
                 scores = lk.cross_correlation_scores(proj, prep_f, ph_f, max_bytes=p.max_bytes, scale=scale,
                                                      n_orientations=len(angles_f))
                 post = lk.weights_from_cc(scores, prep_f.n_measured)
+                proj_f = None
             else:
-                diff2_c, _, _ = self._diff2(x_mask, x_full, ctf, sp, angles_c, trans_c, self.coarse, sigma2, scale)
+                diff2_c = self._coarse_diff2(x_mask, x_full, ctf, sp, angles_c, rots_c, trans_c, sigma2, scale)
                 post_c = lk.weights_from_diff2(diff2_c, log_po_c, log_pt_c, p.adaptive_fraction)
                 angles_f, log_po, dir_idx, trans_f, allowed = self._oversample(idx_c, angles_c, log_po_c, dir_c,
                                                                                trial_c, cur_off_px, px, post_c)
                 log_pt = lk.offset_log_prior(trans_f, prior_px, max(m.sigma2_offset, 0.0), px)
-                diff2, prep_f, ph_f = self._diff2(x_mask, x_full, ctf, sp, angles_f, trans_f, self.cs, sigma2,
-                                                  scale, allowed=allowed)
+                diff2, prep_f, ph_f, proj_f = self._fine_diff2(x_mask, x_full, ctf, sp, angles_f, trans_f, sigma2,
+                                                               scale, allowed=allowed)
                 post = lk.weights_from_diff2(diff2, log_po, log_pt, p.adaptive_fraction)
-        return self._accumulate(sp, og, post, angles_f, trans_f, dir_idx, prep_f, ph_f, scale, prior_px, sums)
+        return self._accumulate(sp, og, post, angles_f, trans_f, dir_idx, prep_f, ph_f, scale, prior_px, sums,
+                                proj_f)
 
     def _ctf(self, sp):
         """(``Fctf``, --ctf_noise weight or None, multiplicity or None) of a particle: ``Fctf`` of
@@ -326,59 +470,87 @@ class RefineEngine:
         inv, bp = lk.noise_maps(sigma2, size)
         return lk.prepare_particle(x_mask, fctf, sp.aproj, inv, size, x_full, bp, noise_weight=nw)
 
-    def _projector(self, angles, prep, size, pix=None):
-        rots = euler_to_matrix(angles[:, 0], angles[:, 1], angles[:, 2]).reshape(-1, 3, 3)
+    def _projector(self, rots, prep, size, pix=None):
         sampler = self.model.sampler
         aproj, kz = prep.aproj, prep.kz
         return lambda a, b: sampler.project(rots[a:b], aproj, size, pix, kz=kz)
 
-    def _diff2(self, x_mask, x_full, ctf, sp, angles, trans_px, size, sigma2, scale, allowed=None):
+    def _coarse_diff2(self, x_mask, x_full, ctf, sp, angles, rots, trans_px, sigma2, scale):
+        """diff2 of the coarse pass (image size ``self.coarse``): every orientation × translation."""
+        size = self.coarse
+        prep = self._prepare(sp, x_mask, x_full, ctf, size, sigma2)
+        ph_pix = lk.translation_phases(trans_px, prep.aproj, sp.box, size, pix=prep.pix, kz=prep.kz)
+        proj = self._shared_projections(angles, rots, prep, size)
+        if proj is None:
+            proj = self._projector(rots, prep, size, prep.pix)
+        d = lk.squared_differences(proj, prep, ph_pix, max_bytes=self.p.max_bytes, scale=scale,
+                                   n_orientations=len(angles), dtype=np.float32)
+        return d + prep.diff2_constant
+
+    def _fine_diff2(self, x_mask, x_full, ctf, sp, angles, trans_px, sigma2, scale, allowed=None):
+        """diff2 of the fine pass (image size ``self.cs``) on the ``allowed`` (orientation,
+        translation) pairs (all when None); also returns the prepared particle, the phases of
+        the whole window and the reference slices of the evaluated orientations (whole window,
+        ``(rows, slices)``: the evaluated orientations and their ``(n_rows, n_img, cs, cs//2+1)``
+        slices), which the M-step sums reuse; None when they would not fit in ``max_bytes / 4``."""
+        size = self.cs
         prep = self._prepare(sp, x_mask, x_full, ctf, size, sigma2)
         ph = lk.translation_phases(trans_px, prep.aproj, sp.box, size, kz=prep.kz)
-        ph_pix = lk.translation_phases(trans_px, prep.aproj, sp.box, size, pix=prep.pix, kz=prep.kz)
+        ph_pix = np.ascontiguousarray(ph.reshape(ph.shape[:2] + (-1,))[..., prep.pix])
         rows = np.arange(len(angles)) if allowed is None else np.flatnonzero(allowed.any(axis=1))
-        shared = self._shared_projections(angles, prep, size) if allowed is None else None
-        if shared is not None:
-            proj = shared
+        rots = euler_to_matrix(angles[rows, 0], angles[rows, 1], angles[rows, 2]).reshape(-1, 3, 3)
+        whole = None
+        if self._fine_slices_fit(len(rows), len(prep.aproj), size):
+            proj = self.model.sampler.project(rots, prep.aproj, size, kz=prep.kz)   # (n_rows, F, cs, csh)
+            whole = (rows, proj)
         else:
-            proj = self._projector(angles[rows], prep, size, prep.pix)
+            proj = self._projector(rots, prep, size, prep.pix)
         d = np.full((len(angles), len(trans_px)), np.inf)
         d[rows] = lk.squared_differences(proj, prep, ph_pix, max_bytes=self.p.max_bytes, scale=scale,
                                          n_orientations=len(rows), dtype=np.float32)
         if allowed is not None:
             d[~allowed] = np.inf
-        return d + prep.diff2_constant, prep, ph
+        return d + prep.diff2_constant, prep, ph, whole
 
-    def _shared_projections(self, angles, prep, size):
-        """Reference slices of a global coarse pass, kept for the next particle of the batch.
+    def _fine_slices_fit(self, n_rows, n_img, size):
+        """Whether the fine pass keeps its whole-window slices for the M-step (``max_bytes / 4``)."""
+        item = np.dtype(self.model.sampler.table.dtype).itemsize
+        return n_rows * n_img * size * (size // 2 + 1) * item <= self.p.max_bytes // 4
 
-        In a global search every particle is compared with the same orientations, and particles
-        of one tomogram without a subtomogram orientation see the same tilt geometry
-        (``Aproj``; every 3D subtomogram the same planes), so their projections are identical:
-        compute them once per batch (within ``max_bytes``) instead of once per particle.
-        Returns None when not applicable.
+    def _shared_projections(self, angles, rots, prep, size):
+        """Reference slices of a global coarse pass from the cache shared by the particles.
+
+        In a global search every particle is compared with the same orientations, and the
+        images of particles of one tomogram without a subtomogram orientation have the same
+        tilt geometry (``Aproj_f``; every 3D subtomogram the same planes), so their slices are
+        identical: each tilt image's slices are made once and kept in :data:`SLICE_CACHE`
+        (per reference, within ``max_bytes``) for every particle, thread and batch that has
+        that image.  Returns the list of each image's ``(n_o, n_pix)`` slices (the per-image
+        form of :func:`~sta.kernels.likelihood.squared_differences`), or None when not applicable.
         """
-        aproj, pix = prep.aproj, prep.pix
+        aproj, pix, kz = prep.aproj, prep.pix, prep.kz
         if self.local_sigma is not None or len(angles) < 64:
             return None
-        n_bytes = len(angles) * len(aproj) * len(pix) * np.dtype(np.complex64).itemsize
-        if n_bytes > self.p.max_bytes:
+        sampler = self.model.sampler
+        itemsize = np.dtype(sampler.table.dtype).itemsize
+        if len(angles) * len(aproj) * len(pix) * itemsize > self.p.max_bytes:
             return None
-        c = self._shared
-        if (c is not None and c[2] == size and np.array_equal(c[0], angles) and np.array_equal(c[1], aproj)
-                and np.array_equal(c[3], pix)):
-            return c[4]
-        project = self._projector(angles, prep, size, pix)
-        out = np.empty((len(angles), len(aproj), len(pix)), dtype=self.model.sampler.table.dtype)
-        step = max(1, int(self.p.max_bytes // max(len(aproj) * len(pix) * lk.SAMPLER_BYTES, 1)))
-        for a in range(0, len(angles), step):
-            out[a:a + step] = project(a, a + step)
-        self._shared = (angles.copy(), np.array(aproj), size, np.array(pix), out)
-        return out
+        group = hashlib.sha1(b"%d|" % size + np.ascontiguousarray(pix).tobytes() + b"|"
+                             + np.ascontiguousarray(angles).tobytes()).digest()
+        keys = []
+        for f in range(len(aproj)):
+            k = np.ascontiguousarray(aproj[f], dtype=float).tobytes()
+            keys.append(k if kz is None else k + np.float64(kz[f]).tobytes())
+
+        def make(f):
+            one = sampler.project(rots, aproj[f:f + 1], size, pix, kz=None if kz is None else kz[f:f + 1])
+            return one.reshape(len(rots), len(pix))
+
+        return SLICE_CACHE.get(sampler, group, keys, make, self.p.max_bytes)
 
     def _coarse_orientations(self, cur):
         """Coarse orientation indices (into ``sampling.orientations()``), perturbed angles,
-        log priors and direction indices."""
+        log priors, direction indices and rotation matrices."""
         s = self.sampling
         if self.local_sigma is not None:
             sr, st_, sp_ = self.local_sigma
@@ -386,15 +558,30 @@ class RefineEngine:
             idx = sel.orientation_indices
             w = sel.weights
             log_po = np.log(w / w.mean())
-        else:
-            idx = np.arange(len(self.coarse_angles))
-            pdf = self.model.pdf_direction
-            if pdf is not None and len(pdf) * self.n_psi != len(idx):
-                raise RuntimeError(f"direction prior has {len(pdf)} directions, the sampling "
-                                   f"{len(idx) // self.n_psi}")
-            log_po = np.repeat(lk.orientation_log_prior(pdf), self.n_psi) if pdf is not None else np.zeros(len(idx))
-        angles = s.perturb_orientations(self.coarse_angles[idx])
-        return idx, angles, log_po, idx // self.n_psi
+            angles = s.perturb_orientations(self.coarse_angles[idx])
+            rots = euler_to_matrix(angles[:, 0], angles[:, 1], angles[:, 2]).reshape(-1, 3, 3)
+            return idx, angles, log_po, idx // self.n_psi, rots
+        return self._global_orientations()
+
+    def _global_orientations(self):
+        """:meth:`_coarse_orientations` of a global search: the same for every particle of the
+        iteration, made once per engine (read-only afterwards, so threads may share it)."""
+        with self._lock:
+            if self._global is None:
+                s = self.sampling
+                idx = np.arange(len(self.coarse_angles))
+                pdf = self.model.pdf_direction
+                if pdf is not None and len(pdf) * self.n_psi != len(idx):
+                    raise RuntimeError(f"direction prior has {len(pdf)} directions, the sampling "
+                                       f"{len(idx) // self.n_psi}")
+                log_po = (np.repeat(lk.orientation_log_prior(pdf), self.n_psi) if pdf is not None
+                          else np.zeros(len(idx)))
+                angles = s.perturb_orientations(self.coarse_angles[idx])
+                rots = euler_to_matrix(angles[:, 0], angles[:, 1], angles[:, 2]).reshape(-1, 3, 3)
+                for arr in (idx, angles, log_po, rots):
+                    arr.flags.writeable = False
+                self._global = (idx, angles, log_po, idx // self.n_psi, rots)
+            return self._global
 
     def _oversample(self, idx_c, angles_c, log_po_c, dir_c, trial_c, cur_off_px, px, post_c):
         """Children of the significant coarse points (RELION's pass 2) as a rectangle with
@@ -432,7 +619,7 @@ class RefineEngine:
                       np.sin(np.deg2rad(a[:, 0])) * np.sin(np.deg2rad(a[:, 1])), np.cos(np.deg2rad(a[:, 1]))], -1)
         return np.argmax(u @ v.T, axis=1)
 
-    def _accumulate(self, sp, og, post, angles, trans_px, dir_idx, prep, ph, scale, prior_px, sums):
+    def _accumulate(self, sp, og, post, angles, trans_px, dir_idx, prep, ph, scale, prior_px, sums, proj=None):
         w = post.mstep_weights()
         keep = np.flatnonzero(w.sum(axis=1) > 0)
         wk = w[keep]
@@ -444,7 +631,11 @@ class RefineEngine:
         kz = None if prep.kz is None else np.tile(prep.kz, len(rots))
         fi.insert_slices(sums.data, sums.weight, data.reshape(-1, cs, cs // 2 + 1),
                          weight.reshape(-1, cs, cs // 2 + 1), mats.reshape(-1, 3, 3), self.p.pad, kz=kz)
-        proj = self.model.sampler.project(rots, prep.aproj, cs, kz=prep.kz)
+        if proj is None:
+            proj = self.model.sampler.project(rots, prep.aproj, cs, kz=prep.kz)
+        else:     # the fine pass's slices of these orientations (the same values)
+            rows, slices = proj
+            proj = slices[np.searchsorted(rows, keep)]
         ns = lk.noise_sums(wk, proj, prep, ph, scale=scale, ssnr=self.model.ssnr)
         sums.wsum_sigma2[og] += ns.wsum_sigma2
         sums.sumw[og] += ns.sumw
