@@ -127,3 +127,20 @@ def test_chunked_buffers_under_three_ranks(tmp_path):
                          timeout=120)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     assert "ranks ok: 0 1 2 messages:" in res.stdout, res.stdout
+
+
+def test_worker_threads_capped_at_cores_per_rank(monkeypatch):
+    """--j E-step threads never exceed the cores per rank on the node (MPI_LOCALNRANKS)."""
+    from sta.parallel import threads
+
+    monkeypatch.delenv("STA_TEST_OVERSUBSCRIBE", raising=False)
+    monkeypatch.setattr(threads.os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    monkeypatch.setenv("MPI_LOCALNRANKS", "5")
+    assert threads.cores_per_rank() == 1 and threads.worker_threads(8) == (1, True)
+    monkeypatch.setenv("MPI_LOCALNRANKS", "2")
+    assert threads.worker_threads(8) == (4, True) and threads.worker_threads(3) == (3, False)
+    monkeypatch.delenv("MPI_LOCALNRANKS")
+    assert threads.worker_threads(8) == (8, False)
+    monkeypatch.setenv("MPI_LOCALNRANKS", "5")
+    monkeypatch.setenv("STA_TEST_OVERSUBSCRIBE", "1")
+    assert threads.worker_threads(8) == (8, False)

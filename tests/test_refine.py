@@ -1,5 +1,6 @@
 """sta_refine: convergence on simulated data, MPI equivalence, RELION stacks, bad input."""
 
+import os
 import shutil
 import subprocess
 import sys
@@ -364,7 +365,8 @@ def test_threads_give_the_same_poses(tiny, monkeypatch):
     same("2")
     mpirun = need_mpirun()
     res = subprocess.run([mpirun, "-np", "3", sys.executable, "-m", "sta.commands.refine", "--o", "J3x2/run",
-                          "--j", "2"] + TINY_ARGS, cwd=tiny, capture_output=True, text=True, timeout=600)
+                          "--j", "2"] + TINY_ARGS, cwd=tiny, capture_output=True, text=True, timeout=600,
+                         env=dict(os.environ, STA_TEST_OVERSUBSCRIBE="1"))  # 2 threads x 3 ranks on 2 cores
     assert res.returncode == 0, res.stderr[-2000:]
     runs["np3_j2"] = _poses_and_map(tiny / "J3x2")
     same("np3_j2")

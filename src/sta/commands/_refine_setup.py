@@ -119,11 +119,17 @@ def build_refinement(args, comm, argv, resume=None):
     if not args.ctf:
         log.warning(" WARNING: --ctf not given: the CTF of the (premultiplied) stacks is ignored, as in RELION")
     from sta.parallel.image_store import ImageStore
+    from sta.parallel.threads import cores_per_rank, worker_threads
+
+    threads, capped = worker_threads(args.j)
+    if capped and comm.Get_rank() == 0:
+        log.warning(" WARNING: --j %d: %d core(s) per rank on this node; running %d E-step thread(s) per rank",
+                    args.j, cores_per_rank(), threads)
 
     images = ImageStore(sps, particles.resolve, comm, preread=args.preread_images, scratch_dir=args.scratch_dir,
                         keep_free_gb=args.keep_free_scratch, reuse=args.reuse_scratch, keep=args.keep_scratch)
     run = AutoRefinement(params, particles, sps, refs, px, comm=comm,
-                         check_abort=lambda: _check_abort(args), resume=resume, images=images, threads=args.j)
+                         check_abort=lambda: _check_abort(args), resume=resume, images=images, threads=threads)
     if args.solvent_mask:
         from sta.io.mrc import read_mrc
 

@@ -31,3 +31,25 @@ def one_blas_thread_per_worker():
     NumPy is imported; in a process that has already loaded NumPy it changes nothing."""
     for var in BLAS_VARS:
         os.environ.setdefault(var, "1")
+
+
+def cores_per_rank():
+    """Cores this process may use, shared among the MPI ranks on its node (at least 1)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    local = os.environ.get("MPI_LOCALNRANKS", os.environ.get("OMPI_COMM_WORLD_LOCAL_SIZE", "1"))
+    ranks = int(local) if local.isdigit() and int(local) > 0 else 1
+    return max(1, cores // ranks)
+
+
+def worker_threads(requested):
+    """``--j`` worker threads that each run numerics, capped at :func:`cores_per_rank` so that
+    ranks × threads never oversubscribe the node (py2rely's ``--j 8`` on 5 ranks of a
+    2-core machine ran 40 compute threads).  ``STA_TEST_OVERSUBSCRIBE=1`` lifts the cap (tests
+    that check threads under mpirun on a 2-core machine).  Returns ``(threads, capped)``."""
+    if os.environ.get("STA_TEST_OVERSUBSCRIBE") == "1":  # test hook: threads on a small machine
+        return requested, False
+    usable = cores_per_rank()
+    return (usable, True) if requested > usable else (requested, False)
