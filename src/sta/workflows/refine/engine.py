@@ -492,7 +492,7 @@ class RefineEngine:
         translation) pairs (all when None); also returns the prepared particle, the phases of
         the whole window and the reference slices of the evaluated orientations (whole window,
         ``(rows, slices)``: the evaluated orientations and their ``(n_rows, n_img, cs, cs//2+1)``
-        slices), which the M-step sums reuse; None when they would not fit in ``max_bytes / 4``."""
+        slices), which the M-step sums reuse; None when they do not fit (:meth:`_fine_slices_fit`)."""
         size = self.cs
         prep = self._prepare(sp, x_mask, x_full, ctf, size, sigma2)
         ph = lk.translation_phases(trans_px, prep.aproj, sp.box, size, kz=prep.kz)
@@ -513,9 +513,10 @@ class RefineEngine:
         return d + prep.diff2_constant, prep, ph, whole
 
     def _fine_slices_fit(self, n_rows, n_img, size):
-        """Whether the fine pass keeps its whole-window slices for the M-step (``max_bytes / 4``)."""
+        """Whether the fine pass keeps its whole-window slices for the M-step (``max_bytes / 16``,
+        16 MiB by default: a small addition to the E-step's memory)."""
         item = np.dtype(self.model.sampler.table.dtype).itemsize
-        return n_rows * n_img * size * (size // 2 + 1) * item <= self.p.max_bytes // 4
+        return n_rows * n_img * size * (size // 2 + 1) * item <= self.p.max_bytes // 16
 
     def _shared_projections(self, angles, rots, prep, size):
         """Reference slices of a global coarse pass from the cache shared by the particles.
