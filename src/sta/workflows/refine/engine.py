@@ -27,6 +27,7 @@ from sta.geometry.euler import angular_distance, euler_to_matrix
 from sta.kernels import fourier_insert as fi
 from sta.kernels import likelihood as lk
 from sta.kernels.fourier import centred_irfft, centred_rfft, radius_grid_2d, radius_grid_3d
+from sta.kernels.grid import cosine_edge, distance_grid
 from sta.kernels.projector import FourierProjector
 
 log = logging.getLogger(__name__)
@@ -272,28 +273,16 @@ class HalfSums:
         self.set_arrays([a + b for a, b in zip(self.arrays(), other.arrays())])
 
 
-def soft_circle(box, radius, edge):
-    """2D raised-cosine disc (RELION's particle mask of the alignment images)."""
-    c = box // 2
-    y, x = np.ogrid[:box, :box]
-    r = np.sqrt((x - c) ** 2 + (y - c) ** 2)
-    return np.where(r < radius, 1.0, np.where(r > radius + edge, 0.0,
-                                               0.5 + 0.5 * np.cos(np.pi * (r - radius) / max(edge, 1e-9))))
-
-
-def soft_sphere(box, radius, edge):
-    """3D raised-cosine sphere (the particle mask of 3D subtomograms)."""
-    c = box // 2
-    z, y, x = np.ogrid[:box, :box, :box]
-    r = np.sqrt((x - c) ** 2 + (y - c) ** 2 + (z - c) ** 2)
-    return np.where(r < radius, 1.0, np.where(r > radius + edge, 0.0,
-                                               0.5 + 0.5 * np.cos(np.pi * (r - radius) / max(edge, 1e-9))))
+def _particle_mask(shape, radius, edge):
+    """Raised-cosine disc (2D images) or ball (3D subtomograms): RELION's particle mask.  An
+    ``edge`` of 0 keeps the pixels at exactly ``radius`` (a hard edge just outside it)."""
+    return cosine_edge(distance_grid(shape), radius, radius + max(edge, 1e-9))
 
 
 def mask_volume(vol, radius_px, edge_px, zero_mask, sigma2, rng):
     """:func:`mask_images` of one 3D subtomogram (soft sphere; ``sigma2`` per 3D shell)."""
     box = vol.shape[0]
-    m = soft_sphere(box, radius_px, edge_px)
+    m = _particle_mask((box,) * 3, radius_px, edge_px)
     if zero_mask:
         out_w = 1.0 - m
         bg = (vol * out_w).sum() / max(out_w.sum(), 1e-12)
@@ -308,7 +297,7 @@ def mask_images(images, radius_px, edge_px, zero_mask, sigma2, rng):
     """Alignment copies of the images: outside a soft disc the pixels are replaced by the
     edge-weighted background mean (``--zero_mask``) or by noise with the σ² spectrum."""
     n, box, _ = images.shape
-    m = soft_circle(box, radius_px, edge_px)
+    m = _particle_mask((box, box), radius_px, edge_px)
     if zero_mask:
         out_w = 1.0 - m
         bg = (images * out_w).sum(axis=(1, 2)) / max(out_w.sum(), 1e-12)
